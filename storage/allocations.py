@@ -1,0 +1,103 @@
+"""Allocations of VMIDs, IP addresses and (node, port) pairs.
+
+A resource has at most one live allocation at a time (unique partial indexes on every status but
+'released'), and a server holds at most one reserved or in-use allocation of each kind. Allocation
+happens only here, in the same transaction that records the server, so nothing is handed out twice
+under concurrency: two transactions that pick the same free id collide on the index and the loser
+gets a typed `Conflict` to retry with.
+
+Statuses: reserved (allocated, container not yet confirmed), in_use, releasing (the container is
+being destroyed), released (history), foreign (found in Proxmox, not ours: never allocated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import uuid
+
+from storage import database, queries
+from zlh_actors import errors
+
+LIVE = ("reserved", "in_use")
+
+
+@dataclasses.dataclass(frozen=True)
+class VmidAllocation:
+    id: int
+    vmid: int
+    server_id: uuid.UUID | None
+    status: str
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class IpAllocation:
+    id: int
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    server_id: uuid.UUID | None
+    status: str
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class PortAllocation:
+    id: int
+    node: str
+    port: int
+    server_id: uuid.UUID | None
+    status: str
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Released:
+    """How many allocations of each kind a release moved."""
+
+    vmids: int
+    ips: int
+    ports: int
+
+
+async def reserve_vmid(conn: database.Conn, vmid: int, server_id: uuid.UUID) -> VmidAllocation:
+    """Reserve this VMID for the server; `VmidAllocated` if it has a live holder."""
+    return database.row(VmidAllocation, await queries.fetchrow(conn, "reserve_vmid", vmid, server_id))
+
+
+async def allocate_vmid(conn: database.Conn, server_id: uuid.UUID, low: int, high: int) -> VmidAllocation:
+    """Reserve the lowest free VMID in [low, high] for the server.
+
+    Two concurrent callers may pick the same candidate; the loser's insert fails with
+    `VmidAllocated` and its transaction must be retried (the caller owns the transaction).
+    """
+    vmid = await queries.fetchval(conn, "free_vmid", low, high)
+    if vmid is None:
+        raise errors.Permanent("no free VMID in the configured range", low=low, high=high)
+    return await reserve_vmid(conn, vmid, server_id)
+
+
+async def mark_vmid_foreign(conn: database.Conn, vmid: int) -> VmidAllocation:
+    """Record that Proxmox holds this VMID for someone else, so it is never allocated."""
+    return database.row(VmidAllocation, await queries.fetchrow(conn, "mark_vmid_foreign", vmid))
+
+
+async def reserve_ip(conn: database.Conn, ip: str, server_id: uuid.UUID) -> IpAllocation:
+    """Reserve this IP for the server; `IpAllocated` if it has a live holder."""
+    return database.row(IpAllocation, await queries.fetchrow(conn, "reserve_ip", ip, server_id))
+
+
+async def reserve_port(conn: database.Conn, node: str, port: int, server_id: uuid.UUID) -> PortAllocation:
+    """Reserve the game port on the node for the server; `PortAllocated` if it has a live holder."""
+    return database.row(PortAllocation, await queries.fetchrow(conn, "reserve_port", node, port, server_id))
+
+
+async def move(
+    conn: database.Conn, server_id: uuid.UUID, from_statuses: tuple[str, ...], to: str
+) -> Released:
+    """Move every allocation of the server in `from_statuses` to status `to`."""
+    record = await queries.fetchrow(conn, "set_allocations_status", server_id, list(from_statuses), to)
+    return database.row(Released, record)

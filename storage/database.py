@@ -1,0 +1,124 @@
+"""Connections to PostgreSQL, and the one place asyncpg errors become the project's typed errors.
+
+Every store catches driver errors at its boundary with `raise database.translate(exc) from exc`, so
+nothing above `storage/` ever handles an asyncpg exception. The translation is by constraint name:
+the schema names each invariant, and each invariant the callers care about has its own error class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeAlias, TypeVar
+
+import asyncpg
+
+from zlh_actors import errors
+
+T = TypeVar("T")
+
+# What stores accept: a dedicated connection or one borrowed from the pool.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+# Constraint (or unique index) name -> the error a caller can act on.
+_CONFLICTS: dict[str, type[errors.Conflict]] = {
+    "servers_live_name": errors.NameTaken,
+    "vmid_allocations_live": errors.VmidAllocated,
+    "vmid_allocations_one_per_server": errors.VmidAllocated,
+    "ip_allocations_live": errors.IpAllocated,
+    "ip_allocations_one_per_server": errors.IpAllocated,
+    "port_allocations_live": errors.PortAllocated,
+    "port_allocations_one_per_server": errors.PortAllocated,
+    "idempotency_keys_pkey": errors.IdempotencyKeyTaken,
+    "journal_pkey": errors.JournalConflict,
+    "journal_gapless": errors.JournalConflict,
+    "journal_continuous": errors.JournalConflict,
+}
+
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+_RETRYABLE = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+)
+
+
+def translate(exc: BaseException) -> errors.ZlhError:
+    """The typed error for a driver exception (call as `raise translate(exc) from exc`)."""
+    if isinstance(exc, errors.ZlhError):
+        return exc
+    constraint = getattr(exc, "constraint_name", None) or ""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.UniqueViolationError | asyncpg.ExclusionViolationError):
+        conflict = _CONFLICTS.get(constraint, errors.Conflict)
+        return conflict(message, constraint=constraint)
+    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.RaiseError) and constraint in _CONFLICTS:
+        return _CONFLICTS[constraint](message, constraint=constraint)
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError | asyncpg.DataError):
+        return errors.InvalidData(message, constraint=constraint)
+    if isinstance(exc, _RETRYABLE):
+        return errors.Transient(message, sqlstate=getattr(exc, "sqlstate", None))
+    if isinstance(exc, _UNAVAILABLE):
+        return errors.StorageUnavailable(f"database unavailable: {message}")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError | asyncpg.InvalidAuthorizationSpecificationError):
+        return errors.ConfigError(f"database refused the connection: {message}")
+    return errors.Permanent(f"database error: {message}", sqlstate=getattr(exc, "sqlstate", None))
+
+
+async def guarded(operation: Awaitable[T]) -> T:
+    """Await a driver call, translating its errors."""
+    try:
+        return await operation
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as Python objects; the stores never see JSON text.
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One dedicated connection (for leases, LISTEN and migrations, which a pool would break)."""
+    conn = await guarded(asyncpg.connect(url, timeout=timeout))
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+) -> asyncpg.Pool:
+    """The shared pool for short transactions."""
+    pool = await guarded(
+        asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout, init=_init_connection)
+    )
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection inside a transaction; driver errors (including at commit) are translated."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+def row(cls: Callable[..., T], record: asyncpg.Record | None) -> T:
+    """Build a frozen dataclass from a record whose columns match its fields."""
+    if record is None:
+        raise errors.NotFound("no such record")
+    return cls(**dict(record.items()))

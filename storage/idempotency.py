@@ -1,0 +1,72 @@
+"""Idempotency keys: the record that lets a retried create replay its first answer.
+
+A request claims (tenant, key) with a fingerprint of what it asked (a SHA-256 of method, path and
+canonical body). The primary key makes a second claim impossible, so of two concurrent requests
+with one key exactly one proceeds; the other reads the record and either replays the stored answer,
+reports "in progress" (no answer yet), or refuses a different request under the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+
+from storage import database, queries
+from zlh_actors import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    tenant: str
+    key: str
+    fingerprint: bytes
+    server_id: uuid.UUID | None
+    response_status: int | None
+    response_body: Any
+    created_at: datetime.datetime
+    expires_at: datetime.datetime
+
+    @property
+    def completed(self) -> bool:
+        return self.response_status is not None
+
+
+def fingerprint(method: str, path: str, body: Any) -> bytes:
+    """SHA-256 of the request in canonical form (sorted keys, no insignificant white space)."""
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(method.upper().encode() + b" " + path.encode() + b"\n" + canonical).digest()
+
+
+async def claim(
+    conn: database.Conn, tenant: str, key: str, print_: bytes, expires_at: datetime.datetime
+) -> Record:
+    """Claim the key for a new request; `IdempotencyKeyTaken` when someone holds it already."""
+    return database.row(
+        Record, await queries.fetchrow(conn, "insert_idempotency_key", tenant, key, print_, expires_at)
+    )
+
+
+async def get(conn: database.Conn, tenant: str, key: str) -> Record | None:
+    record = await queries.fetchrow(conn, "get_idempotency_key", tenant, key)
+    return None if record is None else database.row(Record, record)
+
+
+async def complete(
+    conn: database.Conn, tenant: str, key: str, server_id: uuid.UUID | None, status: int, body: Any
+) -> Record:
+    """Store the first answer; a key that already has one keeps it (`Conflict`)."""
+    record = await queries.fetchrow(conn, "complete_idempotency_key", tenant, key, server_id, status, body)
+    if record is None:
+        raise errors.Conflict("idempotency key already has an answer, or does not exist", key=key)
+    return database.row(Record, record)
+
+
+async def forget_expired(conn: database.Conn, now: datetime.datetime) -> int:
+    """Delete keys whose expiry has passed; return how many."""
+    count: int = await queries.fetchval(conn, "delete_expired_idempotency_keys", now)
+    return count

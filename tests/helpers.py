@@ -1,0 +1,43 @@
+"""Test helpers: waiting on conditions with a deadline instead of sleeping, and racing transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from storage import database
+
+T = TypeVar("T")
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02, message: str = ""
+) -> None:
+    """Poll `check` until it returns True; fail with `message` when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {message}")
+        await asyncio.sleep(interval)
+
+
+async def race(
+    pool: asyncpg.Pool, attempt: Callable[[database.Conn], Awaitable[T]], contenders: int = 2
+) -> list[T | BaseException]:
+    """Run `attempt` in `contenders` transactions that are all open before any of them writes.
+
+    Each contender opens its transaction, waits until every other one has too, then writes and
+    commits; the returned list holds each result or the (typed) error it raised.
+    """
+    barrier = asyncio.Barrier(contenders)
+
+    async def one() -> T:
+        async with database.transaction(pool) as conn:
+            await barrier.wait()
+            return await attempt(conn)
+
+    return await asyncio.gather(*(one() for _ in range(contenders)), return_exceptions=True)

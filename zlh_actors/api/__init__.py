@@ -1,0 +1,1 @@
+"""The HTTP API: REST, health, and (later) the WebSocket stream and admin views."""

@@ -1,0 +1,69 @@
+"""Errors as RFC 9457 problem+json, translated in one middleware.
+
+Handlers raise the project's typed errors (or aiohttp's HTTP exceptions); this middleware renders
+them. An unexpected exception becomes a 500 problem without internals, and is logged with its
+traceback, so a client never sees a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from zlh_actors import errors
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/problem+json"
+
+# Error class -> (HTTP status, problem type slug). The first matching class wins, so subclasses first.
+_STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
+    (errors.NotFound, 404, "not-found"),
+    (errors.StaleWrite, 409, "stale-write"),
+    (errors.Conflict, 409, "conflict"),
+    (errors.InvalidTransition, 409, "invalid-transition"),
+    (errors.InvalidData, 400, "invalid-data"),
+    (errors.StorageUnavailable, 503, "storage-unavailable"),
+    (errors.OwnershipLost, 503, "ownership-lost"),
+    (errors.Transient, 503, "unavailable"),
+    (errors.Permanent, 400, "bad-request"),
+)
+
+
+def problem(status: int, title: str, *, slug: str = "about:blank", **extra: Any) -> web.Response:
+    body: dict[str, Any] = {
+        "type": slug if slug == "about:blank" else f"/problems/{slug}",
+        "title": title,
+        "status": status,
+    }
+    body.update(extra)
+    return web.Response(status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE)
+
+
+def from_error(exc: errors.ZlhError) -> web.Response:
+    for cls, status, slug in _STATUS:
+        if isinstance(exc, cls):
+            return problem(status, exc.message, slug=slug, **{k: str(v) for k, v in exc.details.items()})
+    return problem(500, "internal error", slug="internal")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ZlhError as exc:
+        return from_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem(500, "internal error", slug="internal")
