@@ -33,17 +33,21 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-async def _database_url(settings: config.Settings) -> str:
-    if settings.database_url is not None:
-        return settings.database_url
-    local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
-    url = await localdb.ensure_database(local)
-    print(f"DATABASE_URL unset: using the private PostgreSQL in {local.data_dir}", flush=True)
-    return url
-
-
 async def serve(settings: config.Settings) -> None:
-    url = await _database_url(settings)
+    if settings.database_url is not None:
+        await _serve(settings, settings.database_url)
+        return
+    local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
+    try:
+        url = await localdb.ensure_database(local)
+        print(f"DATABASE_URL unset: using the private PostgreSQL in {local.data_dir}", flush=True)
+        await _serve(settings, url)
+    finally:
+        if local.started_here:
+            await asyncio.to_thread(localdb.stop, local)
+
+
+async def _serve(settings: config.Settings, url: str) -> None:
     print(f"database: {redact(url)}", flush=True)
     try:
         conn = await database.connect(url, timeout=settings.db_connect_timeout)

@@ -39,19 +39,18 @@ async def _answers(url: str) -> bool:
     return True
 
 
-def _server_url() -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    if asyncio.run(_answers(DEV_SERVER_URL)):
-        return DEV_SERVER_URL
-    local = localdb.ensure_running(ROOT / ".zlh" / "test-pg")
-    return asyncio.run(localdb.ensure_database(local))
-
-
 @pytest.fixture(scope="session")
-def admin_url() -> str:
+def admin_url() -> Iterator[str]:
     """A URL of the test server, on a database we may create databases from."""
-    return _server_url()
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+    elif asyncio.run(_answers(DEV_SERVER_URL)):
+        yield DEV_SERVER_URL
+    else:
+        local = localdb.ensure_running(ROOT / ".zlh" / "test-pg")
+        yield asyncio.run(localdb.ensure_database(local))
+        if local.started_here:
+            localdb.stop(local)
 
 
 async def _create_template(admin: str, name: str) -> None:

@@ -10,7 +10,8 @@ it exists, else as a system user `zlh-postgres` created on first use. That user 
 the data directory, so its ancestors get the search (x) bit for others where they lack it; nothing
 is made readable that was not.
 
-A server left running by an earlier run is reused: the port is read back from `postmaster.pid`.
+A server left running by another process is reused (the port is read back from `postmaster.pid`) and
+left running; the process that started a server stops it when it is done.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class LocalServer:
     bin_dir: Path
     port: int
     run_as: str | None
+    started_here: bool  # False when an earlier process's server was reused: leave it running
 
     def url(self, database: str = DATABASE) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -170,6 +172,7 @@ def ensure_running(data_dir: Path) -> LocalServer:
                 f"initdb failed in {data_dir}: {result.stderr.strip().splitlines()[-1:]}"
             )
     port = _running_port(data_dir)
+    started_here = port is None
     if port is None:
         port = _free_port()
         options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories=''"
@@ -194,7 +197,9 @@ def ensure_running(data_dir: Path) -> LocalServer:
             raise errors.ConfigError(
                 f"the private PostgreSQL did not start ({result.stderr.strip()}); see {log_file}"
             )
-    return LocalServer(data_dir=data_dir, bin_dir=bin_dir, port=port, run_as=run_as)
+    return LocalServer(
+        data_dir=data_dir, bin_dir=bin_dir, port=port, run_as=run_as, started_here=started_here
+    )
 
 
 def stop(server: LocalServer) -> None:
