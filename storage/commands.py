@@ -51,10 +51,17 @@ async def get(conn: database.Conn, command_id: uuid.UUID) -> Command:
     return database.row(Command, record)
 
 
-async def pending(conn: database.Conn, server_id: uuid.UUID) -> list[Command]:
-    """The server's queued and accepted commands, oldest first."""
+async def queued(conn: database.Conn, server_id: uuid.UUID) -> list[Command]:
+    """The server's queued commands, oldest first, locked until the transaction ends."""
     return [
-        database.row(Command, record) for record in await queries.fetch(conn, "pending_commands", server_id)
+        database.row(Command, record) for record in await queries.fetch(conn, "queued_commands", server_id)
+    ]
+
+
+async def accepted(conn: database.Conn, server_id: uuid.UUID) -> list[Command]:
+    """The server's accepted commands whose effect is not finished, oldest first, locked."""
+    return [
+        database.row(Command, record) for record in await queries.fetch(conn, "accepted_commands", server_id)
     ]
 
 

@@ -20,6 +20,7 @@ from zlh_actors import errors
 T = TypeVar("T")
 
 # What stores accept: a dedicated connection or one borrowed from the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 # Constraint (or unique index) name -> the error a caller can act on.
@@ -89,19 +90,33 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(
+    url: str, *, timeout: float = 10.0, server_settings: dict[str, str] | None = None
+) -> Connection:
     """One dedicated connection (for leases, LISTEN and migrations, which a pool would break)."""
-    conn = await guarded(asyncpg.connect(url, timeout=timeout))
+    conn = await guarded(asyncpg.connect(url, timeout=timeout, server_settings=server_settings))
     await _init_connection(conn)
     return conn
 
 
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout: float = 10.0,
+    server_settings: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """The shared pool for short transactions."""
     pool = await guarded(
-        asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=timeout, init=_init_connection)
+        asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            init=_init_connection,
+            server_settings=server_settings,
+        )
     )
     assert pool is not None
     return pool

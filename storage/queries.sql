@@ -115,10 +115,6 @@ INSERT INTO commands (id, server_id, kind, payload) VALUES ($1, $2, $3, $4) RETU
 -- One command by id. $1 id
 SELECT * FROM commands WHERE id = $1;
 
--- pending_commands --
--- A server's unfinished commands in arrival order. $1 server_id
-SELECT * FROM commands WHERE server_id = $1 AND status IN ('queued', 'accepted') ORDER BY position;
-
 -- settle_command --
 -- Record a command's outcome if it is still in the expected status. $1 id, $2 expected status, $3 new status, $4 result (jsonb)
 UPDATE commands SET status = $3, result = $4
@@ -136,3 +132,100 @@ SELECT * FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 -- revoke_token --
 -- Revoke a token by id; returns it if it was live. $1 id
 UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING *;
+
+-- register_replica --
+-- Record (or refresh) a live replica. $1 id, $2 host, $3 pid, $4 http_port
+INSERT INTO replicas (id, host, pid, http_port) VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, http_port = excluded.http_port,
+    heartbeat_at = now();
+
+-- heartbeat --
+-- Refresh a replica's heartbeat; no row means it was presumed dead and removed. $1 id
+UPDATE replicas SET heartbeat_at = now() WHERE id = $1 RETURNING heartbeat_at;
+
+-- live_replicas --
+-- Replicas with a fresh heartbeat whose lease connection is still open. $1 lease timeout (interval), $2 lease application_name prefix
+SELECT r.id FROM replicas r
+WHERE r.heartbeat_at > now() - $1::interval
+  AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = $2 || r.id::text)
+ORDER BY r.id;
+
+-- stale_replicas --
+-- Other replicas whose heartbeat is older than the lease timeout. $1 lease timeout (interval), $2 own id
+SELECT id FROM replicas WHERE heartbeat_at <= now() - $1::interval AND id <> $2;
+
+-- terminate_replica_backends --
+-- Close every database session of a replica: those named for it and those holding its shard locks. $1 replica id, $2 lock namespace
+SELECT count(pg_terminate_backend(pid)) FROM (
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.application_name LIKE 'zlh-%:' || $1::uuid::text AND a.pid <> pg_backend_pid()
+    UNION
+    SELECT k.pid FROM pg_locks k JOIN shard_leases l ON l.shard = k.objid::integer
+    WHERE k.locktype = 'advisory' AND k.classid::bigint = $2::bigint AND k.objsubid = 2 AND k.granted
+      AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.owner = $1::uuid AND k.pid <> pg_backend_pid()
+) doomed;
+
+-- delete_replica --
+-- Forget a replica; its leases keep their epochs and lose their owner. $1 id
+DELETE FROM replicas WHERE id = $1;
+
+-- ensure_shards --
+-- Create the lease rows of shards 0 .. count-1 that do not exist yet. $1 shard count
+INSERT INTO shard_leases (shard) SELECT generate_series(0, $1::integer - 1) ON CONFLICT (shard) DO NOTHING;
+
+-- lease_candidates --
+-- Shards below the count not owned by any of the given live replicas, free ones first. $1 shard count, $2 live replica ids (uuid[])
+SELECT shard FROM shard_leases
+WHERE shard < $1 AND (owner IS NULL OR owner <> ALL ($2::uuid[]))
+ORDER BY owner IS NOT NULL, shard;
+
+-- try_lock_shard --
+-- Take a shard's session advisory lock without waiting; true if taken. $1 lock namespace, $2 shard
+SELECT pg_try_advisory_lock($1::integer, $2::integer);
+
+-- unlock_shard --
+-- Release a shard's session advisory lock. $1 lock namespace, $2 shard
+SELECT pg_advisory_unlock($1::integer, $2::integer);
+
+-- acquire_lease --
+-- Take a shard's lease: bump its epoch (the fencing token) and record the owner. $1 shard, $2 owner
+UPDATE shard_leases SET epoch = epoch + 1, owner = $2, acquired_at = now() WHERE shard = $1 RETURNING epoch;
+
+-- release_lease --
+-- Give a shard's lease up (its epoch stays; the next owner bumps it). $1 shard, $2 owner
+UPDATE shard_leases SET owner = NULL, acquired_at = NULL WHERE shard = $1 AND owner = $2;
+
+-- check_lease --
+-- The epoch of a shard's lease if the owner still holds it, locked against a takeover until commit. $1 shard, $2 owner
+SELECT epoch FROM shard_leases WHERE shard = $1 AND owner = $2 FOR SHARE;
+
+-- list_leases --
+-- Every shard lease with its owner. No parameters
+SELECT shard, epoch, owner, acquired_at FROM shard_leases ORDER BY shard;
+
+-- servers_needing_attention --
+-- Servers of the given shards that have queued or accepted commands, or are not at rest. $1 shard count, $2 shards (integer[]), $3 rest states (text[])
+SELECT s.id FROM servers s
+WHERE zlh_shard(s.id, $1) = ANY ($2::integer[])
+  AND (s.state <> ALL ($3::text[])
+       OR EXISTS (SELECT 1 FROM commands c WHERE c.server_id = s.id AND c.status IN ('queued', 'accepted')))
+ORDER BY s.id;
+
+-- queued_commands --
+-- A server's queued commands in arrival order, locked for settling. $1 server_id
+SELECT * FROM commands WHERE server_id = $1 AND status = 'queued' ORDER BY position FOR UPDATE;
+
+-- accepted_commands --
+-- A server's accepted, unfinished commands. $1 server_id
+SELECT * FROM commands WHERE server_id = $1 AND status = 'accepted' ORDER BY position FOR UPDATE;
+
+-- state_entered_at --
+-- When a server entered its current state (its newest journal entry). $1 server_id
+SELECT at FROM journal WHERE server_id = $1 ORDER BY seq DESC LIMIT 1;
+
+-- set_server_last_error --
+-- Compare-and-set a server's last error without changing its state. $1 id, $2 expected version, $3 last_error
+UPDATE servers SET last_error = $3, version = version + 1
+WHERE id = $1 AND version = $2
+RETURNING *;

@@ -121,3 +121,8 @@ async def set_placement(
 async def set_desired_state(conn: database.Conn, server: Server, desired_state: str) -> Server:
     """Record what the server should converge to (compare-and-set)."""
     return await _compare_and_set(conn, server, "set_server_desired_state", desired_state)
+
+
+async def set_last_error(conn: database.Conn, server: Server, last_error: str | None) -> Server:
+    """Record why the server needs attention, without changing its state (compare-and-set)."""
+    return await _compare_and_set(conn, server, "set_server_last_error", last_error)

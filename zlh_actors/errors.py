@@ -49,6 +49,10 @@ class OwnershipLost(ZlhError):
     """Another process now owns the server (its shard epoch moved on): stop acting for it."""
 
 
+class Overloaded(Transient):
+    """A bounded queue (an actor's mailbox) is full: the caller should back off and try again."""
+
+
 class ConfigError(Permanent):
     """The service's configuration is invalid; raised at start-up, rendered as one line."""
 
