@@ -1,0 +1,143 @@
+"""The command inbox: commands reach their server's owner from any replica.
+
+The HTTP API runs on every replica; actors run only where a shard is owned. A command is a row in
+`commands`, and a trigger NOTIFYs `zlh_commands` with the server id at commit. Each replica LISTENs
+on its own dedicated connection (a pooled one would `UNLISTEN *` on release) and wakes the owner's
+actor, which reads every queued command of its server from the table: the notification carries no
+payload that matters, so a lost or duplicated one is harmless. Notifications sent while the listener
+was disconnected are lost, so after every (re)connect the replica rescans its shards for queued work.
+
+Outcomes travel the same way: settling a command NOTIFYs `zlh_command_outcomes` with its id, and
+the replica that received the HTTP request wakes its waiter; a waiter that hears nothing still
+re-reads the command at its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import asyncpg
+
+from storage import commands, database
+from zlh_actors import errors
+from zlh_actors.runtime import ownership
+
+log = logging.getLogger(__name__)
+
+COMMANDS_CHANNEL = "zlh_commands"
+OUTCOMES_CHANNEL = "zlh_command_outcomes"
+
+
+class Inbox:
+    """This replica's LISTEN connection, and the waiters for command outcomes."""
+
+    def __init__(
+        self,
+        url: str,
+        replica_id: uuid.UUID,
+        settings: ownership.LeaseSettings,
+        *,
+        on_command: Callable[[uuid.UUID], None],
+        on_reconnect: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._url = url
+        self._app_name = f"{ownership.LISTEN_APP}{replica_id}"
+        self._settings = settings
+        self._on_command = on_command
+        self._on_reconnect = on_reconnect
+        self._waiters: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._conn: database.Connection | None = None
+        self._stopping = False
+        self.reconnects = 0
+
+    def _command(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        with contextlib.suppress(ValueError):
+            self._on_command(uuid.UUID(str(payload)))
+
+    def _outcome(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        with contextlib.suppress(ValueError):
+            waiter = self._waiters.get(uuid.UUID(str(payload)))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _connect(self) -> database.Connection:
+        conn = await database.connect(
+            self._url, server_settings=ownership.session_settings(self._app_name, self._settings)
+        )
+        await conn.add_listener(COMMANDS_CHANNEL, self._command)
+        await conn.add_listener(OUTCOMES_CHANNEL, self._outcome)
+        return conn
+
+    async def run(self) -> None:
+        """Stay subscribed until `stop`; after each (re)connect, rescan for missed commands."""
+        backoff = self._settings.heartbeat_interval
+        while not self._stopping:
+            try:
+                self._conn = await self._connect()
+                await self._on_reconnect()
+                backoff = self._settings.heartbeat_interval
+                while not self._stopping:
+                    # A notification-only connection sees no error until it is used: probe it.
+                    await asyncio.wait_for(
+                        self._conn.fetchval("SELECT 1"), timeout=self._settings.lease_timeout
+                    )
+                    await asyncio.sleep(self._settings.heartbeat_interval)
+            except (
+                errors.ZlhError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                if self._stopping:
+                    break
+                self.reconnects += 1
+                log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.lease_timeout)
+            finally:
+                if self._conn is not None:
+                    self._conn.terminate()
+                    self._conn = None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._conn is not None:
+            self._conn.terminate()
+
+    @contextlib.contextmanager
+    def _waiting(self, command_id: uuid.UUID) -> Iterator[asyncio.Future[None]]:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[command_id] = waiter
+        try:
+            yield waiter
+        finally:
+            del self._waiters[command_id]
+
+    async def submit(
+        self,
+        pool: asyncpg.Pool,
+        server_id: uuid.UUID,
+        kind: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        wait: float = 2.0,
+    ) -> commands.Command:
+        """Enqueue a command and wait up to `wait` seconds for its outcome; return it as last seen.
+
+        The caller answers from the returned status: accepted (202), rejected (409), or still queued
+        when the owner is slow or being replaced (202: the command stays in the inbox and will run).
+        """
+        command_id = uuid.uuid4()
+        with self._waiting(command_id) as waiter:
+            async with database.transaction(pool) as conn:
+                await commands.enqueue(conn, server_id, kind, payload, command_id=command_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout=wait)
+        async with pool.acquire() as conn:
+            return await commands.get(conn, command_id)

@@ -1,0 +1,1 @@
+"""The server actor: message -> chart event -> fenced write -> side effect."""

@@ -1,0 +1,257 @@
+"""The server actor's handler: read the world, apply commands through the chart, do the next step.
+
+Each message is only a wake-up: the handler re-reads everything from the database (level-based, in
+controller-runtime's sense), so a duplicated, lost or reordered wake-up changes nothing. A handler
+run does, in order:
+
+1. every queued command of the server, oldest first, in one fenced transaction: the command's
+   event goes through the chart; allowed, the state changes, the journal records it with the
+   command id and the lease epoch, and the command is `accepted`; refused, it is `rejected` with
+   the state and the events the state allows. Outcome, state and journal commit together.
+2. at rest (running, stopped, crashed, failed, lost, deleted): accepted commands become `done`.
+3. otherwise the work of the current state, through `Effects.perform`, then the event it reports,
+   in a fenced transaction; repeated until the server rests or waits. A state held past its
+   deadline fails with the step named in `last_error`.
+
+Every write is fenced by the shard lease (`fencing.transaction`): if another replica took the shard,
+the write raises `OwnershipLost` and the actor stops without retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import uuid
+from typing import Protocol
+
+import asyncpg
+
+from statemachines import lifecycle
+from storage import commands, database, queries, servers
+from zlh_actors import errors
+from zlh_actors.runtime import fencing
+from zlh_actors.servers import effects
+
+log = logging.getLogger(__name__)
+
+# Command kind -> chart event.
+COMMAND_EVENTS = {
+    "create": "create",
+    "start": "start",
+    "stop": "stop",
+    "restart": "restart",
+    "delete": "delete",
+    "retry": "retry",
+}
+
+# Command kind -> what the server should converge to once the command is accepted.
+DESIRED_STATES = {
+    "create": "running",
+    "start": "running",
+    "restart": "running",
+    "stop": "stopped",
+    "delete": "deleted",
+}
+
+# States in which the actor has nothing to do until something (a command, a report, the reconciler)
+# arrives. Every other state is work in progress, resumed by whichever replica owns the server.
+REST_STATES = frozenset(
+    {
+        "running",
+        "stopped",
+        "crashed",
+        "failed.provisioning",
+        "failed.starting",
+        "failed.stopping",
+        "lost",
+        "deleted",
+    }
+)
+
+# A safety bound on steps per wake-up, so a misbehaving effect cannot spin a handler forever.
+MAX_STEPS_PER_WAKE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Wake:
+    """A wake-up for one server: look at the database and do what it says."""
+
+    server_id: uuid.UUID
+
+
+class Owner(Protocol):
+    """What the handler needs from its replica."""
+
+    fence: fencing.FenceCounter
+
+    def lease_for(self, server_id: uuid.UUID) -> fencing.Lease:
+        """The lease to write under; `OwnershipLost` when the server is not ours."""
+
+    def route(self, server_id: uuid.UUID) -> None:
+        """Wake the server's actor (if still ours)."""
+
+
+class _FencedWrites:
+    def __init__(self, pool: asyncpg.Pool, lease: fencing.Lease, counter: fencing.FenceCounter) -> None:
+        self._pool, self._lease, self._counter = pool, lease, counter
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
+        return fencing.transaction(self._pool, self._lease, self._counter)
+
+
+class ServerHandler:
+    """Handles wake-ups for servers owned by this replica (`bind` it to the replica first)."""
+
+    def __init__(self, pool: asyncpg.Pool, work: effects.Effects) -> None:
+        self._pool = pool
+        self._work = work
+        self._owner: Owner | None = None
+        self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+
+    def bind(self, owner: Owner) -> None:
+        self._owner = owner
+
+    @property
+    def owner(self) -> Owner:
+        assert self._owner is not None, "ServerHandler used before bind()"
+        return self._owner
+
+    def _writes(self, lease: fencing.Lease) -> _FencedWrites:
+        return _FencedWrites(self._pool, lease, self.owner.fence)
+
+    async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
+        lease = self.owner.lease_for(server_id)
+        writes = self._writes(lease)
+        server = await self._apply_commands(server_id, lease, writes)
+        for _ in range(MAX_STEPS_PER_WAKE):
+            if server.state in REST_STATES:
+                await self._finish_commands(server, writes)
+                return server.state
+            step = await self._next_step(server, writes)
+            if step.event is None:
+                self._wake_later(server_id, step.retry_after)
+                return server.state
+            server = await self._apply_event(server_id, lease, writes, step)
+            server = await self._apply_commands(server_id, lease, writes)
+        self._wake_later(server_id, 0)
+        return server.state
+
+    async def _next_step(self, server: servers.Server, writes: _FencedWrites) -> effects.Step:
+        deadline = self._work.deadline(server.state)
+        if deadline is not None:
+            async with self._pool.acquire() as conn:
+                entered: datetime.datetime = await queries.fetchval(conn, "state_entered_at", server.id)
+            waited = (datetime.datetime.now(datetime.UTC) - entered).total_seconds()
+            if waited > deadline:
+                return effects.Step(
+                    event="fail", last_error=f"{server.state}: no progress within {deadline:.0f}s"
+                )
+        return await self._work.perform(server, writes)
+
+    async def _apply_commands(
+        self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites
+    ) -> servers.Server:
+        async with writes.transaction() as conn:
+            server = await servers.get(conn, server_id)
+            for command in await commands.queued(conn, server_id):
+                server = await self._apply_command(conn, server, command, lease)
+        return server
+
+    async def _apply_command(
+        self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
+    ) -> servers.Server:
+        event = COMMAND_EVENTS.get(command.kind)
+        try:
+            if event is None:
+                raise errors.InvalidTransition(f"unknown command {command.kind!r}", state=server.state)
+            target = lifecycle.apply(server.state, event)
+        except errors.InvalidTransition as exc:
+            await commands.settle(
+                conn,
+                command,
+                "rejected",
+                {
+                    "reason": exc.message,
+                    "state": server.state,
+                    "allowed": lifecycle.allowed_events(server.state),
+                },
+            )
+            log.info(
+                "server %s: command %s (%s) rejected in %s", server.id, command.id, command.kind, server.state
+            )
+            return server
+        server = await servers.transition(
+            conn, server, target, event, command_id=command.id, epoch=lease.epoch, last_error=None
+        )
+        desired = DESIRED_STATES.get(command.kind)
+        if desired is not None and desired != server.desired_state:
+            server = await servers.set_desired_state(conn, server, desired)
+        await commands.settle(conn, command, "accepted", {"state": server.state})
+        log.info("server %s: %s -> %s (command %s)", server.id, command.kind, server.state, command.id)
+        return server
+
+    async def _apply_event(
+        self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites, step: effects.Step
+    ) -> servers.Server:
+        assert step.event is not None
+        async with writes.transaction() as conn:
+            server = await servers.get(conn, server_id)
+            try:
+                target = lifecycle.apply(server.state, step.event)
+            except errors.InvalidTransition:
+                # The state moved on (a command won the race): the step's news is stale.
+                log.info("server %s: %s no longer applies in %s", server_id, step.event, server.state)
+                return server
+            server = await servers.transition(
+                conn,
+                server,
+                target,
+                step.event,
+                epoch=lease.epoch,
+                last_error=step.last_error,
+                detail=step.detail,
+            )
+        log.info("server %s: %s -> %s", server_id, step.event, server.state)
+        return server
+
+    async def _finish_commands(self, server: servers.Server, writes: _FencedWrites) -> None:
+        async with writes.transaction() as conn:
+            for command in await commands.accepted(conn, server.id):
+                await commands.settle(conn, command, "done", {"state": server.state})
+
+    def _wake_later(self, server_id: uuid.UUID, delay: float | None) -> None:
+        if delay is None:
+            return
+        previous = self._timers.pop(server_id, None)
+        if previous is not None:
+            previous.cancel()
+
+        def fire() -> None:
+            self._timers.pop(server_id, None)
+            self.owner.route(server_id)
+
+        self._timers[server_id] = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def give_up(self, server_id: uuid.UUID, exc: BaseException) -> None:
+        """The supervisor stopped restarting this server's actor: fail it (or mark it) with the reason."""
+        reason = f"actor gave up after repeated failures: {type(exc).__name__}: {exc}"
+        try:
+            lease = self.owner.lease_for(server_id)
+            async with self._writes(lease).transaction() as conn:
+                server = await servers.get(conn, server_id)
+                if "fail" in lifecycle.allowed_events(server.state):
+                    await servers.transition(
+                        conn,
+                        server,
+                        lifecycle.apply(server.state, "fail"),
+                        "fail",
+                        epoch=lease.epoch,
+                        last_error=reason,
+                    )
+                else:
+                    await servers.set_last_error(conn, server, reason)
+        except errors.ZlhError as mark_error:
+            log.error("server %s: could not record that its actor gave up: %s", server_id, mark_error)
