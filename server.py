@@ -1,27 +1,36 @@
 """zlh-actors service: the composition root.
 
-config -> database (given, or a private local one) -> migrations -> pool -> HTTP app, then serve
-until SIGINT or SIGTERM. Bad configuration and an unreachable database end the process with one
-line on stderr and exit status 2 (configuration) or 1 (anything else), never a traceback.
+config -> database (given, or a private local one) -> Proxmox (given, or the lab in-process) ->
+one replica (`zlh_actors.service`) serving HTTP, until SIGINT or SIGTERM. Bad configuration and an
+unreachable database end the process with one line on stderr and exit status 2 (configuration) or 1
+(anything else), never a traceback.
+
+Without `ZLH_PVE_HOST` the lab starts in-process (`zlh_actors.lab`: a fake Proxmox, a real agent in
+every running container on a loopback IP, a file server for mods and launchers), its launchers are
+pinned, and a development admin token is printed: a newcomer sees servers go from requested to
+running with nothing else installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
 import sys
 import urllib.parse
+from collections.abc import AsyncIterator
 
-from aiohttp import web
-
-from storage import database, migrate
-from zlh_actors import config, errors, localdb
-from zlh_actors.api import app as api_app
+from storage import database, migrate, tokens
+from zlh_actors import config, errors, localdb, operator_cli, service
 
 log = logging.getLogger("zlh_actors.server")
+
+DEV_TENANT = "dev"
 
 
 def redact(url: str) -> str:
@@ -33,62 +42,101 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-async def serve(settings: config.Settings) -> None:
+@contextlib.asynccontextmanager
+async def database_url(settings: config.Settings) -> AsyncIterator[str]:
+    """The configured database, or a private one under the data directory for as long as needed."""
     if settings.database_url is not None:
-        await _serve(settings, settings.database_url)
-        return
-    local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
-    try:
-        url = await localdb.ensure_database(local)
-        print(f"DATABASE_URL unset: using the private PostgreSQL in {local.data_dir}", flush=True)
-        await _serve(settings, url)
-    finally:
+        url = settings.database_url
+    else:
+        local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
+        stack = contextlib.AsyncExitStack()
         if local.started_here:
-            await asyncio.to_thread(localdb.stop, local)
+            stack.push_async_callback(asyncio.to_thread, localdb.stop, local)
+        async with stack:
+            url = await localdb.ensure_database(local)
+            print(f"DATABASE_URL unset: using the private PostgreSQL in {local.data_dir}", flush=True)
+            await _check_reachable(settings, url)
+            yield url
+            return
+    await _check_reachable(settings, url)
+    yield url
 
 
-async def _serve(settings: config.Settings, url: str) -> None:
+async def _check_reachable(settings: config.Settings, url: str) -> None:
     print(f"database: {redact(url)}", flush=True)
     try:
         conn = await database.connect(url, timeout=settings.db_connect_timeout)
     except errors.StorageUnavailable as exc:
         raise errors.ConfigError(f"cannot reach the database at {redact(url)}: {exc.message}") from None
+    await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def world(settings: config.Settings, url: str) -> AsyncIterator[config.Settings]:
+    """Settings that reach a Proxmox: the configured one, or a lab started here."""
+    if settings.pve_host is not None:
+        yield settings
+        return
+    from zlh_actors.lab import settings as lab_settings  # the lab (and fakepve) only when asked for
+    from zlh_actors.lab import world as lab_world
+
+    async with lab_world.Lab(settings.data_dir / "lab", warmup=settings.lab_warmup) as lab:
+        found = lab.settings
+        print(f"ZLH_PVE_HOST unset: running the lab in-process (settings in {lab.env_file})", flush=True)
+        await _pin_lab_launchers(url, lab.directory / lab_settings.LAUNCHERS_FILE)
+        yield dataclasses.replace(
+            settings,
+            pve_host=found.pve_host,
+            pve_port=found.pve_port,
+            pve_user=found.pve_user,
+            pve_token_name=found.pve_token_name,
+            pve_token_value=found.pve_token_value,
+            pve_ca_file=found.pve_ca_file,
+            pve_template_vmid=found.template_vmid,
+            enrollment_key_file=found.enrollment_key_file,
+            ip_subnet=found.ip_subnet,
+            agent_port=found.agent_port,
+            allow_http_urls=True,
+        )
+
+
+async def _pin_lab_launchers(url: str, launchers_file: os.PathLike[str]) -> None:
+    conn = await database.connect(url)
     try:
-        for migration in await migrate.migrate(conn):
-            log.info("applied migration %04d_%s", migration.version, migration.name)
+        await migrate.migrate(conn)
+        async with conn.transaction():
+            await operator_cli.pin_all(conn, json.loads(open(launchers_file).read()))
     finally:
         await conn.close()
-    pool = await database.create_pool(
-        url, max_size=settings.db_pool_size, timeout=settings.db_connect_timeout
-    )
-    runner = web.AppRunner(api_app.make_app(pool), access_log=None)
+
+
+async def _dev_token(url: str) -> str:
+    conn = await database.connect(url)
     try:
-        await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise errors.ConfigError(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-            ) from None
-        print(f"zlh-actors listening on http://{settings.host}:{settings.port}", flush=True)
-        await _until_signalled()
-        log.info("shutting down")
+        _, secret = await tokens.create(conn, DEV_TENANT, "admin", "development token printed at start-up")
     finally:
-        await runner.cleanup()
-        await pool.close()
+        await conn.close()
+    return secret
 
 
-async def _until_signalled() -> None:
+async def serve(settings: config.Settings) -> None:
+    # Signals first: a SIGTERM that arrives while the service is still starting must still end in
+    # an orderly shutdown, not in the default handler's immediate exit.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    async with database_url(settings) as url, world(settings, url) as effective:
+        async with service.running(effective, url):
+            print(f"zlh-actors listening on http://{effective.host}:{effective.port}", flush=True)
+            if settings.pve_host is None:
+                print(f"development admin token (tenant {DEV_TENANT}): {await _dev_token(url)}", flush=True)
+            await stop.wait()
+            log.info("shutting down: handing shards off")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="server.py", description="Run the zlh-actors control plane.")
+    parser = argparse.ArgumentParser(prog="server.py", description="Run a zlh-actors control plane replica.")
     parser.add_argument("--host", help="address to listen on (default: ZLH_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: ZLH_PORT or 8080)")
     args = parser.parse_args(argv)

@@ -101,3 +101,44 @@ async def move(
     """Move every allocation of the server in `from_statuses` to status `to`."""
     record = await queries.fetchrow(conn, "set_allocations_status", server_id, list(from_statuses), to)
     return database.row(Released, record)
+
+
+# The key of the transaction-scoped advisory lock that serializes allocation among concurrent creates:
+# each create holds it for one short transaction, so two creates never pick the same free id and no
+# create has to retry. It only has to differ from the migration lock and the shard namespaces.
+ALLOCATION_LOCK_KEY = 0x7A6C_6861_6C6C  # "zlhall"
+
+
+async def lock(conn: database.Conn) -> None:
+    """Serialize allocation until the transaction ends."""
+    await queries.fetchval(conn, "lock_allocations", ALLOCATION_LOCK_KEY)
+
+
+async def allocate_ip(
+    conn: database.Conn,
+    server_id: uuid.UUID,
+    network: ipaddress.IPv4Network,
+    exclude: list[ipaddress.IPv4Address],
+) -> IpAllocation:
+    """Reserve the lowest free host address of `network` (never `exclude`, e.g. the gateway)."""
+    first = network.network_address + 1
+    candidates = max(network.num_addresses - 2, 1)
+    ip = await queries.fetchval(conn, "free_ip", first, candidates, exclude)
+    if ip is None:
+        raise errors.Permanent("no free IP address in the configured subnet", subnet=str(network))
+    return await reserve_ip(conn, str(ip), server_id)
+
+
+async def allocate_port(
+    conn: database.Conn, server_id: uuid.UUID, node: str, low: int, high: int
+) -> PortAllocation:
+    """Reserve the lowest free game port in [low, high] on the node."""
+    port = await queries.fetchval(conn, "free_port", node, low, high)
+    if port is None:
+        raise errors.Permanent("no free game port on the node", node=node, low=low, high=high)
+    return await reserve_port(conn, node, port, server_id)
+
+
+async def vmid_to_foreign(conn: database.Conn, server_id: uuid.UUID, vmid: int) -> None:
+    """Proxmox holds the server's VMID for someone else: mark it foreign so it is never allocated again."""
+    await queries.fetchrow(conn, "vmid_to_foreign", server_id, vmid)

@@ -229,3 +229,92 @@ SELECT at FROM journal WHERE server_id = $1 ORDER BY seq DESC LIMIT 1;
 UPDATE servers SET last_error = $3, version = version + 1
 WHERE id = $1 AND version = $2
 RETURNING *;
+
+-- lock_allocations --
+-- Serialize allocation among concurrent creates until the transaction ends. $1 lock key
+SELECT pg_advisory_xact_lock($1::bigint);
+
+-- free_ip --
+-- The lowest host address of a subnet (skipping the given ones) with no live allocation, or NULL. $1 first address (inet), $2 number of candidates, $3 excluded addresses (inet[])
+SELECT $1::inet + offs AS ip FROM generate_series(0::bigint, $2::bigint - 1) AS offs
+WHERE NOT ($1::inet + offs = ANY ($3::inet[]))
+  AND NOT EXISTS (SELECT 1 FROM ip_allocations WHERE ip = $1::inet + offs AND status <> 'released')
+ORDER BY offs LIMIT 1;
+
+-- free_port --
+-- The lowest port of a range with no live allocation on the node, or NULL. $1 node, $2 low, $3 high
+SELECT candidate FROM generate_series($2::integer, $3::integer) AS candidate
+WHERE NOT EXISTS (
+    SELECT 1 FROM port_allocations WHERE node = $1 AND port = candidate AND status <> 'released'
+)
+ORDER BY candidate LIMIT 1;
+
+-- vmid_to_foreign --
+-- Hand a server's live VMID over to 'foreign' (Proxmox holds it for someone else). $1 server_id, $2 vmid
+UPDATE vmid_allocations SET status = 'foreign', server_id = NULL, updated_at = now()
+WHERE server_id = $1 AND vmid = $2 AND status IN ('reserved', 'in_use')
+RETURNING *;
+
+-- get_launcher --
+-- The pinned launcher of a (Minecraft, loader, installer) triple. $1 minecraft_version, $2 loader_version, $3 installer_version
+SELECT * FROM launchers WHERE minecraft_version = $1 AND loader_version = $2 AND installer_version = $3;
+
+-- pin_launcher --
+-- Pin (or re-pin) the launcher of a triple. $1 minecraft_version, $2 loader_version, $3 installer_version, $4 url, $5 sha256, $6 size
+INSERT INTO launchers (minecraft_version, loader_version, installer_version, url, sha256, size)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (minecraft_version, loader_version, installer_version)
+DO UPDATE SET url = excluded.url, sha256 = excluded.sha256, size = excluded.size, pinned_at = now()
+RETURNING *;
+
+-- list_launchers --
+-- Every pinned launcher. No parameters
+SELECT * FROM launchers ORDER BY minecraft_version, loader_version, installer_version;
+
+-- issue_agent_token --
+-- Store (or replace) the callback token of a server's generation. $1 server_id, $2 generation, $3 token_hash
+INSERT INTO agent_tokens (server_id, generation, token_hash) VALUES ($1, $2, $3)
+ON CONFLICT (server_id, generation)
+DO UPDATE SET token_hash = excluded.token_hash, issued_at = now(), revoked_at = NULL
+RETURNING *;
+
+-- find_agent_token --
+-- The live agent token with this hash. $1 token_hash
+SELECT * FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
+
+-- revoke_agent_tokens --
+-- Revoke every agent token of a server. $1 server_id
+UPDATE agent_tokens SET revoked_at = now() WHERE server_id = $1 AND revoked_at IS NULL;
+
+-- record_agent_report --
+-- Keep a report if it is newer than the stored one for the same or an older generation; no row means stale. $1 server_id, $2 generation, $3 seq, $4 state, $5 manifest_sha256, $6 detail
+INSERT INTO agent_reports AS r (server_id, generation, seq, state, manifest_sha256, detail)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (server_id) DO UPDATE
+SET generation = excluded.generation, seq = excluded.seq, state = excluded.state,
+    manifest_sha256 = excluded.manifest_sha256, detail = excluded.detail, received_at = now()
+WHERE r.generation < excluded.generation OR (r.generation = excluded.generation AND r.seq < excluded.seq)
+RETURNING *;
+
+-- get_agent_report --
+-- The newest accepted agent report of a server. $1 server_id
+SELECT * FROM agent_reports WHERE server_id = $1;
+
+-- pending_memory_by_node --
+-- Memory promised to live servers whose containers are not yet running, per node. No parameters
+SELECT node, sum((spec -> 'resources' ->> 'memory_mb')::integer) AS memory_mb FROM servers
+WHERE node IS NOT NULL AND deleted_at IS NULL AND (state = 'requested' OR state LIKE 'provisioning.%')
+GROUP BY node;
+
+-- forget_idempotency_key --
+-- Delete one expired key so it can be claimed again. $1 tenant, $2 key
+DELETE FROM idempotency_keys WHERE tenant = $1 AND key = $2 AND expires_at <= now() RETURNING key;
+
+-- list_servers --
+-- A page of servers, oldest first, after a (created_at, id) cursor; NULL tenant means all tenants and NULL state means any. $1 tenant, $2 state or state prefix ending in '.', $3 cursor created_at, $4 cursor id, $5 limit
+SELECT * FROM servers
+WHERE ($1::text IS NULL OR tenant = $1)
+  AND ($2::text IS NULL OR state = $2 OR (right($2, 1) = '.' AND starts_with(state, $2)))
+  AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+ORDER BY created_at, id
+LIMIT $5;

@@ -126,3 +126,17 @@ async def set_desired_state(conn: database.Conn, server: Server, desired_state: 
 async def set_last_error(conn: database.Conn, server: Server, last_error: str | None) -> Server:
     """Record why the server needs attention, without changing its state (compare-and-set)."""
     return await _compare_and_set(conn, server, "set_server_last_error", last_error)
+
+
+async def page(
+    conn: database.Conn,
+    *,
+    tenant: str | None,
+    state: str | None,
+    after: tuple[datetime.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Server]:
+    """Servers oldest first after the cursor; `tenant=None` lists every tenant's."""
+    created, last_id = after if after is not None else (None, None)
+    records = await queries.fetch(conn, "list_servers", tenant, state, created, last_id, limit)
+    return [database.row(Server, record) for record in records]

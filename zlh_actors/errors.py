@@ -102,8 +102,35 @@ class IdempotencyKeyTaken(Conflict):
     """The (tenant, idempotency key) already has a record."""
 
 
+class IdempotencyMismatch(Permanent):
+    """An idempotency key was reused with a different request."""
+
+
+class InProgress(Conflict):
+    """The first request with this idempotency key has not finished yet."""
+
+
+class StaleGeneration(Conflict):
+    """A message from an older generation of a server (its container was replaced since)."""
+
+
 class JournalConflict(Conflict):
     """A journal entry would leave a gap or a duplicate in the server's sequence."""
+
+
+class Unauthorized(Permanent):
+    """No valid credentials came with the request."""
+
+
+class Forbidden(Permanent):
+    """The credentials are valid but do not allow this."""
+
+
+class BadRequest(Permanent):
+    """A request from outside is malformed.
+
+    Attributes (in `details`): fields, a mapping of each bad field to what is wrong with it.
+    """
 
 
 class InvalidData(Permanent):

@@ -1,20 +1,49 @@
-"""The aiohttp application, built from explicit dependencies."""
+"""The aiohttp application, built from explicit dependencies; every route in one table."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import asyncpg
 from aiohttp import web
 
-from zlh_actors.api import health, keys, problems
+from zlh_actors import config, metrics
+from zlh_actors.api import agent_callbacks, auth, health, keys, problems, servers
+from zlh_actors.runtime import inbox
+from zlh_actors.servers import create
+
+MAX_BODY = 1024 * 1024
 
 
-def make_app(pool: asyncpg.Pool) -> web.Application:
-    app = web.Application(middlewares=[problems.middleware])
-    app[keys.POOL] = pool
+@dataclasses.dataclass(frozen=True)
+class Deps:
+    pool: asyncpg.Pool
+    settings: config.Settings
+    placement: create.Placement
+    inbox: inbox.Inbox
+    metrics: metrics.Metrics
+
+
+def make_app(deps: Deps) -> web.Application:
+    app = web.Application(middlewares=[problems.middleware, auth.middleware], client_max_size=MAX_BODY)
+    app[keys.POOL] = deps.pool
+    app[keys.SETTINGS] = deps.settings
+    app[keys.PLACEMENT] = deps.placement
+    app[keys.INBOX] = deps.inbox
+    app[keys.METRICS] = deps.metrics
     app.add_routes(
         [
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
+            web.get("/metrics", health.metrics),
+            web.post("/v1/servers", servers.create_server),
+            web.get("/v1/servers", servers.list_servers),
+            web.get("/v1/servers/{server_id}", servers.get_server),
+            web.delete("/v1/servers/{server_id}", servers.delete_server),
+            web.post("/v1/servers/{server_id}/{action}", servers.server_action),
+            web.get("/v1/servers/{server_id}/events", servers.server_events),
+            web.get("/v1/servers/{server_id}/commands/{command_id}", servers.get_command),
+            web.post("/agent/v1/servers/{server_id}/status", agent_callbacks.report_status),
         ]
     )
     return app

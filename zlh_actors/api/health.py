@@ -30,3 +30,7 @@ async def readyz(request: web.Request) -> web.Response:
     if not current:
         return problems.problem(503, "not ready", slug="not-ready", reason="database migrations are pending")
     return web.json_response({"status": "ready", "database": "ok", "migrations": "current"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[keys.METRICS].render(), content_type="text/plain")

@@ -5,4 +5,12 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from zlh_actors import config, metrics
+from zlh_actors.runtime import inbox
+from zlh_actors.servers import create
+
 POOL = web.AppKey("pool", asyncpg.Pool)
+SETTINGS = web.AppKey("settings", config.Settings)
+PLACEMENT = web.AppKey("placement", create.Placement)
+INBOX = web.AppKey("inbox", inbox.Inbox)
+METRICS = web.AppKey("metrics", metrics.Metrics)

@@ -23,9 +23,17 @@ CONTENT_TYPE = "application/problem+json"
 # Error class -> (HTTP status, problem type slug). The first matching class wins, so subclasses first.
 _STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
     (errors.NotFound, 404, "not-found"),
+    (errors.IdempotencyMismatch, 422, "idempotency-key-reused"),
+    (errors.InProgress, 409, "in-progress"),
+    (errors.NameTaken, 409, "name-taken"),
+    (errors.StaleGeneration, 409, "stale_generation"),
     (errors.StaleWrite, 409, "stale-write"),
     (errors.Conflict, 409, "conflict"),
     (errors.InvalidTransition, 409, "invalid-transition"),
+    (errors.Unauthorized, 401, "unauthorized"),
+    (errors.Forbidden, 403, "forbidden"),
+    (errors.Overloaded, 503, "overloaded"),
+    (errors.BadRequest, 400, "bad-request"),
     (errors.InvalidData, 400, "invalid-data"),
     (errors.StorageUnavailable, 503, "storage-unavailable"),
     (errors.OwnershipLost, 503, "ownership-lost"),
@@ -47,8 +55,20 @@ def problem(status: int, title: str, *, slug: str = "about:blank", **extra: Any)
 def from_error(exc: errors.ZlhError) -> web.Response:
     for cls, status, slug in _STATUS:
         if isinstance(exc, cls):
-            return problem(status, exc.message, slug=slug, **{k: str(v) for k, v in exc.details.items()})
+            return problem(
+                status, exc.message, slug=slug, **{k: _jsonable(v) for k, v in exc.details.items()}
+            )
     return problem(500, "internal error", slug="internal")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

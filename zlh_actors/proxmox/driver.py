@@ -209,6 +209,25 @@ class ProxmoxerDriver:
         log.info("container %s of server %s: %s", ref.vmid, ref.server_id, outcome)
         return outcome
 
+    async def nodes(self) -> list[protocol.NodeInfo]:
+        answer = await self._client.get("cluster/resources", type="node")
+        if not isinstance(answer, list):
+            raise errors.ProxmoxUnavailable("cluster resources is not a list", cause="unexpected-response")
+        out = []
+        for entry in answer:
+            if not isinstance(entry, dict) or entry.get("type") != "node":
+                continue
+            online = entry.get("status") == "online"
+            free = int(entry.get("maxmem") or 0) - int(entry.get("mem") or 0)
+            out.append(
+                protocol.NodeInfo(
+                    name=str(entry.get("node")),
+                    online=online,
+                    free_memory_mb=max(free, 0) // 2**20 if online else 0,
+                )
+            )
+        return sorted(out, key=lambda node: node.name)
+
     async def list_owned(self) -> list[protocol.OwnedContainer]:
         out = []
         for entry in await guests.resources(self._client):

@@ -95,6 +95,21 @@ class ContainerSpec:
         return ContainerRef(self.server_id, self.generation, self.node, self.vmid)
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """A cluster node as placement sees it.
+
+    Attributes:
+        name: the node's name.
+        online: whether PVE reports it online.
+        free_memory_mb: its total minus used memory, in MiB (0 when offline).
+    """
+
+    name: str
+    online: bool
+    free_memory_mb: int
+
+
 class PowerState(enum.StrEnum):
     """A container's power state as PVE reports it, plus ABSENT (no such guest in the cluster) and
     UNKNOWN (its node is offline, so nobody knows)."""
@@ -205,6 +220,10 @@ class ProxmoxDriver(Protocol):
     async def destroy(self, ref: ContainerRef) -> DestroyOutcome:
         """Stop and delete the container with its disks. Absent is success; `NotOwned` if the
         guest at the VMID is not ours (it is never touched)."""
+        ...
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node of the cluster with its state and free memory."""
         ...
 
     async def list_owned(self) -> list[OwnedContainer]:

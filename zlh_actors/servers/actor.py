@@ -47,6 +47,14 @@ COMMAND_EVENTS = {
     "retry": "retry",
 }
 
+# Agent reports that are events of the chart, and the states in which they are news: a game that
+# exits on its own while running (or starting) has crashed or stopped. Every other report (installed,
+# ready, ...) is read by the step that waits for it (`provisioning`), and only wakes the actor here.
+REPORT_EVENTS = {
+    "crashed": ("crashed", frozenset({"running", "starting"})),
+    "stopped": ("stopped", frozenset({"running"})),
+}
+
 # Command kind -> what the server should converge to once the command is accepted.
 DESIRED_STATES = {
     "create": "running",
@@ -132,6 +140,11 @@ class ServerHandler:
                 return server.state
             step = await self._next_step(server, writes)
             if step.event is None:
+                if step.last_error is not None and step.last_error != server.last_error:
+                    async with writes.transaction() as conn:
+                        server = await servers.set_last_error(
+                            conn, await servers.get(conn, server_id), step.last_error
+                        )
                 self._wake_later(server_id, step.retry_after)
                 return server.state
             server = await self._apply_event(server_id, lease, writes, step)
@@ -163,6 +176,8 @@ class ServerHandler:
     async def _apply_command(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
     ) -> servers.Server:
+        if command.kind == "report":
+            return await self._apply_report(conn, server, command, lease)
         event = COMMAND_EVENTS.get(command.kind)
         try:
             if event is None:
@@ -191,6 +206,30 @@ class ServerHandler:
             server = await servers.set_desired_state(conn, server, desired)
         await commands.settle(conn, command, "accepted", {"state": server.state})
         log.info("server %s: %s -> %s (command %s)", server.id, command.kind, server.state, command.id)
+        return server
+
+    async def _apply_report(
+        self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
+    ) -> servers.Server:
+        reported = command.payload.get("state")
+        if command.payload.get("generation") != server.generation:
+            await commands.settle(conn, command, "rejected", {"reason": "report from another generation"})
+            return server
+        event, when = REPORT_EVENTS.get(str(reported), (None, frozenset()))
+        if event is None or server.state not in when:
+            await commands.settle(conn, command, "accepted", {"state": server.state, "recorded": reported})
+            return server
+        server = await servers.transition(
+            conn,
+            server,
+            lifecycle.apply(server.state, event),
+            event,
+            command_id=command.id,
+            epoch=lease.epoch,
+            last_error=f"agent reported {reported}: {command.payload.get('detail') or 'no detail'}",
+        )
+        await commands.settle(conn, command, "accepted", {"state": server.state})
+        log.info("server %s: agent reported %s -> %s", server.id, reported, server.state)
         return server
 
     async def _apply_event(

@@ -20,6 +20,7 @@ def build(
     policy: actors.Policy | None = None,
     http_port: int | None = None,
     sweep_interval: float = 5.0,
+    replica_id: uuid.UUID | None = None,
 ) -> replica.Replica[actor.Wake]:
     handler = actor.ServerHandler(pool, work)
     registry: actors.Registry[uuid.UUID, actor.Wake] = actors.Registry(
@@ -46,6 +47,7 @@ def build(
         settings=settings,
         http_port=http_port,
         sweep_interval=sweep_interval,
+        replica_id=replica_id,
     )
     handler.bind(built)
     return built

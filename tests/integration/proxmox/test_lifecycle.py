@@ -112,3 +112,10 @@ async def test_client_timeout_on_a_task_is_not_a_failure(cluster: fakecluster.Fa
     finally:
         await impatient.close()
         await patient.close()
+
+
+async def test_nodes_lists_every_node_with_free_memory(pve: driver.ProxmoxerDriver) -> None:
+    nodes = await pve.nodes()
+    assert [node.name for node in nodes] == sorted(node.name for node in nodes)
+    assert len(nodes) >= 2
+    assert all(node.online and node.free_memory_mb > 0 for node in nodes)

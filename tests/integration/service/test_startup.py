@@ -39,12 +39,12 @@ def run_failing(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture
-def service(db_url: str) -> Iterator[str]:
+def service(db_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "server.py", "--port", str(port)],
         cwd=ROOT,
-        env=environment(DATABASE_URL=db_url),
+        env=environment(DATABASE_URL=db_url, ZLH_DATA_DIR=str(tmp_path)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,0 +1,1 @@
+"""Integration tests of the reference agent: real agent and game processes, sockets on loopback."""

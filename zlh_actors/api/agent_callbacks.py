@@ -1,0 +1,65 @@
+"""Agent callbacks: an agent reports its state; the report becomes a command for the server's actor.
+
+The agent authenticates with the bearer token it was given at enrollment, issued per server and per
+generation and stored hashed. A report can never cause provisioning, a second container or a
+deletion: it is recorded (only if newer than the last one: a replayed or reordered sequence number
+is acknowledged with 200 and ignored) and handed to the owning actor as a `report` command, which
+the chart accepts or refuses like any other.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from aiohttp import web
+
+from storage import agents, commands, database, servers
+from zlh_actors import errors
+from zlh_actors.agent import wire
+from zlh_actors.api import auth, keys
+from zlh_actors.api import servers as server_api
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+async def report_status(request: web.Request) -> web.Response:
+    secret = auth.bearer(request)
+    if secret is None:
+        raise errors.Unauthorized("missing agent token")
+    try:
+        server_id = uuid.UUID(request.match_info["server_id"])
+    except ValueError:
+        raise errors.NotFound("no such server") from None
+    data = await server_api.read_json(request)
+    try:
+        report = wire.parse_report(data)
+    except wire.BadRequest as exc:
+        raise errors.BadRequest("invalid report", fields={exc.field: exc.message}) from None
+    pool = request.app[keys.POOL]
+    async with database.transaction(pool) as conn:
+        token = await agents.find_token(conn, secret)
+        if token is None:
+            raise errors.Unauthorized("invalid or revoked agent token")
+        if token.server_id != server_id:
+            raise errors.Forbidden("this token belongs to another server")
+        server = await servers.get(conn, server_id)
+        if report["generation"] != token.generation or token.generation < server.generation:
+            raise errors.StaleGeneration(
+                "report from an older generation", generation=report["generation"], current=server.generation
+            )
+        sha = report["manifest_sha256"] if _SHA256.match(report["manifest_sha256"]) else None
+        kept = await agents.record_report(
+            conn,
+            server_id,
+            generation=report["generation"],
+            seq=report["seq"],
+            state=report["state"],
+            manifest_sha256=sha,
+            detail=report["detail"] or None,
+        )
+        if kept is None:
+            request.app[keys.METRICS].inc("zlh_stale_agent_reports_total")
+            return web.json_response({"status": "ignored", "reason": "stale_seq"})
+        await commands.enqueue(conn, server_id, "report", dict(report))
+    return web.json_response({"status": "accepted"}, status=202)

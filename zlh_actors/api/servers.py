@@ -1,0 +1,178 @@
+"""REST handlers for servers: thin parse -> send -> render.
+
+Creating goes through `servers.create` (one transaction, idempotent); every other change is a
+command in the inbox, answered when the owning actor has accepted or rejected it (202 or 409), or
+with 202 and the command still queued if the owner does not answer within the wait (it will run).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import re
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from storage import commands, idempotency, journal, servers
+from zlh_actors import errors
+from zlh_actors.api import auth, keys
+from zlh_actors.servers import create, requests, views
+
+IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
+ACTIONS = frozenset({"start", "stop", "restart"})
+MAX_PAGE = 100
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.BadRequest("the body is not valid JSON (UTF-8)", fields={"": str(exc)}) from None
+
+
+def _server_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["server_id"])
+    except ValueError:
+        raise errors.NotFound("no such server", server_id=request.match_info["server_id"]) from None
+
+
+async def _visible(request: web.Request, server_id: uuid.UUID) -> servers.Server:
+    async with request.app[keys.POOL].acquire() as conn:
+        return await servers.get(conn, server_id, tenant=auth.principal(request).scope())
+
+
+def _server_response(server: servers.Server, status: int = 200, **extra: Any) -> web.Response:
+    body = views.server(server)
+    body.update(extra)
+    headers = {"ETag": f'"{server.version}"', "Location": f"/v1/servers/{server.id}"}
+    return _json(body, status, headers)
+
+
+async def create_server(request: web.Request) -> web.Response:
+    who = auth.principal(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is None or not IDEMPOTENCY_KEY.match(key):
+        raise errors.BadRequest(
+            "an Idempotency-Key header of 1-255 visible ASCII characters is required",
+            fields={"Idempotency-Key": "missing or malformed"},
+        )
+    data = await read_json(request)
+    parsed = requests.parse_create(data, request.app[keys.SETTINGS])
+    answer = await create.create(
+        request.app[keys.POOL],
+        request.app[keys.SETTINGS],
+        request.app[keys.PLACEMENT],
+        tenant=who.tenant,
+        key=key,
+        fingerprint=idempotency.fingerprint(request.method, request.path, data),
+        request=parsed,
+    )
+    headers = {"Location": f"/v1/servers/{answer.body['id']}"}
+    if answer.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(answer.body, answer.status, headers)
+
+
+def _cursor(text: str | None) -> tuple[datetime.datetime, uuid.UUID] | None:
+    if not text:
+        return None
+    try:
+        created, _, server_id = base64.urlsafe_b64decode(text.encode()).decode().partition("|")
+        return datetime.datetime.fromisoformat(created), uuid.UUID(server_id)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.BadRequest(
+            "malformed cursor", fields={"cursor": "not a cursor this API issued"}
+        ) from None
+
+
+def _encode_cursor(server: servers.Server) -> str:
+    return base64.urlsafe_b64encode(f"{server.created_at.isoformat()}|{server.id}".encode()).decode()
+
+
+async def list_servers(request: web.Request) -> web.Response:
+    who = auth.principal(request)
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise errors.BadRequest(f"limit must be 1-{MAX_PAGE}", fields={"limit": f"must be 1-{MAX_PAGE}"})
+    async with request.app[keys.POOL].acquire() as conn:
+        rows = await servers.page(
+            conn,
+            tenant=who.scope(),
+            state=request.query.get("state") or None,
+            after=_cursor(request.query.get("cursor")),
+            limit=limit,
+        )
+    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+    return _json({"items": [views.server(row) for row in rows], "next_cursor": next_cursor})
+
+
+async def get_server(request: web.Request) -> web.Response:
+    return _server_response(await _visible(request, _server_id(request)))
+
+
+async def _command(request: web.Request, kind: str) -> web.Response:
+    server = await _visible(request, _server_id(request))
+    if kind == "delete" and server.state == servers.DELETED:
+        return _server_response(server, 202)  # deleting a deleted server is the same outcome
+    command = await request.app[keys.INBOX].submit(request.app[keys.POOL], server.id, kind)
+    server = await _visible(request, server.id)
+    if command.status == "rejected":
+        result = command.result or {}
+        raise errors.InvalidTransition(
+            f"{kind} is not allowed while the server is {result.get('state', server.state)}",
+            state=result.get("state", server.state),
+            allowed=result.get("allowed", []),
+        )
+    return _server_response(server, 202, command=views.command(command))
+
+
+async def server_action(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in ACTIONS:
+        raise errors.NotFound("no such action", action=action)
+    return await _command(request, action)
+
+
+async def delete_server(request: web.Request) -> web.Response:
+    return await _command(request, "delete")
+
+
+async def server_events(request: web.Request) -> web.Response:
+    server = await _visible(request, _server_id(request))
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise errors.BadRequest(
+            "after and limit must be whole numbers", fields={"after": "integer"}
+        ) from None
+    async with request.app[keys.POOL].acquire() as conn:
+        entries = await journal.entries(conn, server.id, after=max(after, 0), limit=min(max(limit, 1), 1000))
+    return _json({"items": [views.event(entry) for entry in entries]})
+
+
+async def get_command(request: web.Request) -> web.Response:
+    server = await _visible(request, _server_id(request))
+    try:
+        command_id = uuid.UUID(request.match_info["command_id"])
+    except ValueError:
+        raise errors.NotFound("no such command") from None
+    async with request.app[keys.POOL].acquire() as conn:
+        command = await commands.get(conn, command_id)
+    if command.server_id != server.id:
+        raise errors.NotFound("no such command")
+    return _json(views.command(command))

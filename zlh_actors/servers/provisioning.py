@@ -1,0 +1,316 @@
+"""The work of each lifecycle state, against Proxmox and the agent (`effects.Effects`).
+
+Every step is idempotent and level-based: it looks at what Proxmox, the agent and the database hold
+now, does only what is missing, and reports the event that completes the state. A new owner after a
+crash or a failover re-runs the step the database names and ends in the same place: the driver
+adopts our own container instead of cloning a second one, a repeated enrollment is acknowledged, a
+destroyed container counts as destroyed.
+
+Readiness never consults DNS: the agent and the game are reached at the IP the database allocated,
+and `running` needs both the agent's `ready` report (newer than the moment the server entered
+`starting`) and a Server List Ping from here that answers with `players.max > 0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from typing import Any
+
+import asyncpg
+from mcstatus import JavaServer
+
+from storage import agents, allocations, launchers, queries, servers
+from zlh_actors import config, errors
+from zlh_actors.agent import manifest, wire
+from zlh_actors.proxmox import errors as pve_errors
+from zlh_actors.proxmox import protocol
+from zlh_actors.servers import agent_client, effects
+
+log = logging.getLogger(__name__)
+
+Step = effects.Step
+POLL = 0.5  # seconds between looks while waiting for the agent or the game
+
+
+async def slp_answers(ip: str, port: int, timeout: float = 2.0) -> bool:
+    """A Minecraft Server List Ping to ip:port answers with a status whose players.max > 0."""
+    try:
+        status = await JavaServer(ip, port, timeout=timeout).async_status()
+    except (OSError, TimeoutError, ValueError):
+        return False
+    except Exception as exc:  # mcstatus raises its own parse errors on a garbled answer
+        log.debug("SLP to %s:%s failed: %s", ip, port, exc)
+        return False
+    return status.players.max > 0
+
+
+@dataclasses.dataclass
+class _Starting:
+    entered_at: datetime.datetime
+    asked: bool = False
+
+
+class Provisioning:
+    """`effects.Effects` over the Proxmox driver and the agent protocol."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: config.Settings,
+        driver: protocol.ProxmoxDriver,
+        agent: agent_client.AgentClient,
+        *,
+        callback_base: str,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._driver = driver
+        self._agent = agent
+        self._callback_base = callback_base
+        self._starting: dict[Any, _Starting] = {}
+
+    def deadline(self, state: str) -> float | None:
+        if state == "provisioning.installing":
+            return self._settings.install_timeout
+        if state == "requested" or state.startswith("deleting."):
+            return None  # deleting retries until it is done: a server can always be terminated
+        return self._settings.step_timeout
+
+    async def perform(self, server: servers.Server, writes: effects.Writes) -> Step:
+        step = _STEPS.get(server.state)
+        if step is None:
+            return Step()
+        try:
+            return await step(self, server, writes)
+        except errors.Transient as exc:
+            log.info("server %s: %s: %s; trying again", server.id, server.state, exc)
+            return Step(retry_after=1.0)
+        except errors.Permanent as exc:
+            if server.state.startswith("deleting."):
+                # A server must always be terminable: record the reason and keep trying.
+                log.error("server %s: %s failed: %s", server.id, server.state, exc)
+                return Step(last_error=f"{server.state}: {exc}", retry_after=5.0)
+            return Step(event="fail", last_error=f"{server.state}: {exc}")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _ip(self, server: servers.Server) -> str:
+        assert server.ip is not None
+        return str(server.ip)
+
+    def _ref(self, server: servers.Server) -> protocol.ContainerRef:
+        assert server.node is not None
+        assert server.vmid is not None
+        return protocol.ContainerRef(server.id, server.generation, server.node, protocol.Vmid(server.vmid))
+
+    def _spec(self, server: servers.Server) -> protocol.ContainerSpec:
+        resources = server.spec["resources"]
+        assert server.node is not None
+        assert server.vmid is not None
+        return protocol.ContainerSpec(
+            server_id=server.id,
+            generation=server.generation,
+            name=server.name,
+            node=server.node,
+            vmid=protocol.Vmid(server.vmid),
+            ip=f"{server.ip}/{self._settings.ip_subnet.prefixlen}",
+            gateway=None if self._settings.ip_gateway is None else str(self._settings.ip_gateway),
+            memory_mb=int(resources["memory_mb"]),
+            cores=int(resources["cores"]),
+            template_vmid=protocol.Vmid(self._settings.pve_template_vmid),
+        )
+
+    async def _manifest(self, server: servers.Server) -> manifest.Manifest:
+        spec = server.spec
+        async with self._pool.acquire() as conn:
+            launcher = await launchers.get(
+                conn, spec["minecraft_version"], spec["fabric"]["loader"], spec["fabric"]["installer"]
+            )
+        if launcher is None:
+            raise errors.Permanent("the server's Fabric launcher is no longer pinned")
+        launcher_wire: dict[str, Any] = {"url": launcher.url, "sha256": launcher.sha256}
+        if launcher.size is not None:
+            launcher_wire["size"] = launcher.size
+        assert server.game_port is not None
+        return manifest.parse(
+            {
+                "minecraft_version": spec["minecraft_version"],
+                "fabric": spec["fabric"],
+                "launcher": launcher_wire,
+                "mods": [
+                    {**mod, "name": mod["name"] if mod["name"].endswith(".jar") else f"{mod['name']}.jar"}
+                    for mod in spec["mods"]
+                ],
+                "properties": spec["properties"],
+                "game_port": server.game_port,
+                "memory_mb": int(spec["resources"]["memory_mb"]),
+            }
+        )
+
+    async def _report(self, server: servers.Server) -> agents.Report | None:
+        async with self._pool.acquire() as conn:
+            report = await agents.latest_report(conn, server.id)
+        return report if report is not None and report.generation == server.generation else None
+
+    async def _entered_at(self, server: servers.Server) -> datetime.datetime:
+        async with self._pool.acquire() as conn:
+            entered: datetime.datetime = await queries.fetchval(conn, "state_entered_at", server.id)
+        return entered
+
+    # --- provisioning -------------------------------------------------------------------------
+
+    async def _cloning(self, server: servers.Server, writes: effects.Writes) -> Step:
+        try:
+            outcome = await self._driver.ensure_container(self._spec(server))
+        except pve_errors.VmidTaken:
+            async with writes.transaction() as conn:
+                assert server.vmid is not None
+                await allocations.vmid_to_foreign(conn, server.id, server.vmid)
+                low, high = self._settings.vmid_range
+                fresh = await allocations.allocate_vmid(conn, server.id, low, high)
+                current = await servers.get(conn, server.id)
+                await servers.set_placement(
+                    conn,
+                    current,
+                    node=current.node or "",
+                    vmid=fresh.vmid,
+                    ip=str(current.ip),
+                    game_port=current.game_port or 0,
+                    generation=current.generation,
+                )
+            log.warning(
+                "server %s: VMID %s is taken by a stranger; moved to %s", server.id, server.vmid, fresh.vmid
+            )
+            return Step(retry_after=0)
+        return Step(event="cloned", detail=f"container {server.vmid} on {server.node}: {outcome.value}")
+
+    async def _configuring(self, server: servers.Server, writes: effects.Writes) -> Step:
+        async with writes.transaction() as conn:
+            await allocations.move(conn, server.id, ("reserved",), "in_use")
+        return Step(event="configured")
+
+    async def _booting(self, server: servers.Server, writes: effects.Writes) -> Step:
+        await self._driver.start(self._ref(server))
+        return Step(event="booted")
+
+    async def _enrolling(self, server: servers.Server, writes: effects.Writes) -> Step:
+        ip = self._ip(server)
+        if await self._agent.status(ip) is None:
+            return Step(retry_after=POLL)
+        built = await self._manifest(server)
+        async with writes.transaction() as conn:
+            token = await agents.issue_token(conn, server.id, server.generation)
+        enrollment: wire.EnrollRequest = {
+            "server_id": str(server.id),
+            "generation": server.generation,
+            "token": token,
+            "callback_base": self._callback_base,
+            "manifest": manifest.to_wire(built),
+        }
+        await self._agent.enroll(ip, enrollment)
+        return Step(event="enrolled", detail=f"manifest {manifest.manifest_sha256(built)}")
+
+    async def _installing(self, server: servers.Server, writes: effects.Writes) -> Step:
+        report = await self._report(server)
+        if report is None:
+            return Step(retry_after=POLL * 2)
+        if report.state == "install_failed":
+            return Step(event="fail", last_error=f"install failed: {report.detail or 'no detail'}")
+        if report.state != "installed":
+            return Step(retry_after=POLL * 2)
+        expected = manifest.manifest_sha256(await self._manifest(server))
+        if report.manifest_sha256 != expected:
+            return Step(
+                event="fail",
+                last_error=f"agent installed manifest {report.manifest_sha256}, expected {expected}",
+            )
+        return Step(event="installed", detail=f"manifest {expected}")
+
+    # --- running the game ---------------------------------------------------------------------
+
+    async def _starting_step(self, server: servers.Server, writes: effects.Writes) -> Step:
+        entered = await self._entered_at(server)
+        progress = self._starting.get(server.id)
+        if progress is None or progress.entered_at != entered:
+            progress = self._starting[server.id] = _Starting(entered)
+        report = await self._report(server)
+        if report is not None and report.state == "ready" and report.received_at > entered:
+            assert server.game_port is not None
+            if await slp_answers(self._ip(server), server.game_port):
+                self._starting.pop(server.id, None)
+                return Step(event="ready", detail="agent ready and Server List Ping answered")
+            return Step(retry_after=POLL)
+        if not progress.asked:
+            await self._driver.start(self._ref(server))  # idempotent: a stopped server's container boots
+            ip = self._ip(server)
+            if await self._agent.status(ip) is None:
+                return Step(retry_after=POLL)
+            await self._agent.start_game(ip, server.generation)
+            progress.asked = True
+        return Step(retry_after=POLL)
+
+    async def _stopping(self, server: servers.Server, writes: effects.Writes) -> Step:
+        ip = self._ip(server)
+        status = await self._agent.status(ip)
+        if status is not None and status.get("game", {}).get("running"):
+            await self._agent.stop_game(ip, server.generation)
+            return Step(retry_after=POLL)
+        await self._driver.shutdown(self._ref(server), timeout=30)
+        return Step(event="stopped")
+
+    # --- deleting -----------------------------------------------------------------------------
+
+    async def _stopping_game(self, server: servers.Server, writes: effects.Writes) -> Step:
+        if server.vmid is not None and server.ip is not None:
+            status = await self._agent.status(self._ip(server))
+            if status is not None and status.get("game", {}).get("running"):
+                try:
+                    await self._agent.stop_game(self._ip(server), server.generation)
+                except errors.ZlhError as exc:
+                    log.info(
+                        "server %s: agent did not stop the game (%s); stopping the container", server.id, exc
+                    )
+        return Step(event="game_stopped")
+
+    async def _stopping_container(self, server: servers.Server, writes: effects.Writes) -> Step:
+        if server.vmid is not None:
+            try:
+                await self._driver.shutdown(self._ref(server), timeout=30)
+            except (pve_errors.DoesNotExist, pve_errors.NotOwned) as exc:
+                log.info("server %s: nothing of ours to stop at %s (%s)", server.id, server.vmid, exc)
+        return Step(event="container_stopped")
+
+    async def _destroying(self, server: servers.Server, writes: effects.Writes) -> Step:
+        if server.vmid is not None:
+            try:
+                await self._driver.destroy(self._ref(server))
+            except pve_errors.NotOwned:
+                log.warning(
+                    "server %s: VMID %s holds a stranger's container; leaving it", server.id, server.vmid
+                )
+        async with writes.transaction() as conn:
+            await allocations.move(conn, server.id, ("reserved", "in_use"), "releasing")
+        return Step(event="destroyed")
+
+    async def _releasing(self, server: servers.Server, writes: effects.Writes) -> Step:
+        async with writes.transaction() as conn:
+            await allocations.move(conn, server.id, ("reserved", "in_use", "releasing"), "released")
+            await agents.revoke_tokens(conn, server.id)
+        return Step(event="released")
+
+
+_STEPS = {
+    "provisioning.cloning": Provisioning._cloning,
+    "provisioning.configuring": Provisioning._configuring,
+    "provisioning.booting": Provisioning._booting,
+    "provisioning.enrolling": Provisioning._enrolling,
+    "provisioning.installing": Provisioning._installing,
+    "starting": Provisioning._starting_step,
+    "stopping": Provisioning._stopping,
+    "deleting.stopping_game": Provisioning._stopping_game,
+    "deleting.stopping_container": Provisioning._stopping_container,
+    "deleting.destroying": Provisioning._destroying,
+    "deleting.releasing": Provisioning._releasing,
+}
