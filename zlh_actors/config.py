@@ -121,6 +121,7 @@ class Settings:
     pve_ca_file: Path | None = None
     pve_verify_tls: bool = True
     pve_template_vmid: int = 9000
+    pve_lock_wait: float = 120.0
     enrollment_key_file: Path | None = None
     vmid_range: tuple[int, int] = (10000, 19999)
     ip_subnet: ipaddress.IPv4Network = LAB_SUBNET
@@ -185,6 +186,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ZLH_PVE_VERIFY_TLS", "pve_verify_tls", _flag, True, "verify Proxmox's TLS certificate"),
     Setting(
         "ZLH_PVE_TEMPLATE_VMID", "pve_template_vmid", _positive, 9000, "the Fabric LXC template to clone"
+    ),
+    Setting(
+        "ZLH_PVE_LOCK_WAIT",
+        "pve_lock_wait",
+        _seconds,
+        120.0,
+        "seconds a Proxmox call waits out a foreign config lock before the step retries later",
     ),
     Setting(
         "ZLH_ENROLLMENT_KEY_FILE",

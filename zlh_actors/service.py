@@ -46,6 +46,7 @@ def proxmox_settings(settings: config.Settings) -> pve_settings.ProxmoxSettings:
         port=settings.pve_port,
         verify_tls=settings.pve_verify_tls,
         ca_file=None if settings.pve_ca_file is None else str(settings.pve_ca_file),
+        lock_wait=settings.pve_lock_wait,
     )
 
 
@@ -66,6 +67,27 @@ def lease_settings(settings: config.Settings) -> ownership.LeaseSettings:
         shard_count=settings.shards,
         heartbeat_interval=settings.heartbeat_interval,
         lease_timeout=settings.lease_timeout,
+    )
+
+
+def observe(counters: metrics.Metrics, built: replica.Replica[actor.Wake]) -> None:
+    """Gauges read from the replica at scrape time."""
+    counters.gauge(
+        "zlh_fenced_writes_rejected_total",
+        "writes refused by the shard epoch check (this replica had lost the shard)",
+        lambda: [((), built.fence.rejected)],
+    )
+    counters.gauge("zlh_owned_shards", "shards this replica owns", lambda: [((), len(built.leases))])
+    counters.gauge("zlh_resident_actors", "server actors in memory", lambda: [((), len(built.registry))])
+    counters.gauge(
+        "zlh_mailbox_depth",
+        "messages waiting in server actors' mailboxes",
+        lambda: [((), sum(a.depth() for k in built.registry.resident() if (a := built.registry.get(k))))],
+    )
+    counters.gauge(
+        "zlh_lease_evictions_total",
+        "stale replicas this replica evicted",
+        lambda: [((), built.leasing.evictions)],
     )
 
 
@@ -99,6 +121,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
         built = server_replica.build(
             url=url, pool=pool, work=work, settings=leases, http_port=settings.port, replica_id=replica_id
         )
+        observe(counters, built)
         app = api_app.make_app(
             api_app.Deps(
                 pool=pool,

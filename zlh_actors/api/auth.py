@@ -32,7 +32,7 @@ class Principal:
         return None if self.is_admin else self.tenant
 
 
-PRINCIPAL = "zlh.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def bearer(request: web.Request) -> str | None:
@@ -44,10 +44,9 @@ def bearer(request: web.Request) -> str | None:
 
 
 def principal(request: web.Request) -> Principal:
-    found = request.get(PRINCIPAL)
-    if not isinstance(found, Principal):
+    if PRINCIPAL not in request:
         raise errors.Unauthorized("authentication required")
-    return found
+    return request[PRINCIPAL]
 
 
 def require_admin(request: web.Request) -> Principal:

@@ -22,7 +22,7 @@ from zlh_actors.api import auth, keys
 from zlh_actors.servers import create, requests, views
 
 IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
-ACTIONS = frozenset({"start", "stop", "restart"})
+ACTIONS = frozenset({"start", "stop", "restart", "retry"})
 MAX_PAGE = 100
 
 

@@ -168,7 +168,10 @@ class Supervisor:
         while True:
             try:
                 # Bounded: a wedged fake must show up in the log, not freeze every agent silently.
-                guests = await asyncio.wait_for(self.cluster.guests(), POLL_TIMEOUT)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # coincides with the result, and close() would then wait for this loop for ever.
+                async with asyncio.timeout(POLL_TIMEOUT):
+                    guests = await self.cluster.guests()
             except Exception:
                 if not failing:  # once per outage, not ten times a second
                     log.exception("cannot read the fake cluster; agents left as they are")
@@ -327,7 +330,8 @@ class _Container:
         self.exited = asyncio.create_task(process.wait(), name=f"lab-agent-ct{self.vmid}-exit")
         assert process.stdout is not None
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):
+                line = await process.stdout.readline()
         except TimeoutError:
             line = b""
         self.relay = asyncio.create_task(self._relay(process.stdout), name=f"lab-agent-ct{self.vmid}-stdout")

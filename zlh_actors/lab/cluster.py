@@ -178,17 +178,6 @@ class Cluster:
         return port
 
     async def close(self) -> None:
-        main = asyncio.get_running_loop()
-        def dump():
-            import sys, traceback
-            for t in asyncio.all_tasks(main):
-                print("MAIN TASK", t, flush=True)
-                t.print_stack(file=sys.stdout)
-            for t in asyncio.all_tasks(self.loop):
-                print("FAKE TASK", t, flush=True)
-                t.print_stack(file=sys.stdout)
-            print("fake loop running", self.loop.is_running(), self.loop.is_closed(), flush=True)
-        timer = threading.Timer(5, dump); timer.daemon = True; timer.start()
         if self._http is not None:
             await self._http.close()
         try:

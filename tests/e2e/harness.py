@@ -1,0 +1,258 @@
+"""The whole system for end-to-end tests: the lab, the real PostgreSQL, and the control plane.
+
+`Control` talks to the service only over HTTP, as the frontend and the CLI do; it also offers
+read-only looks at the database and the lab for assertions ("exactly one container", "no allocation
+left"). Replicas run either in this process (`service.running`) or as real `server.py` processes
+(`ReplicaProcess`) when a test must kill one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from storage import database, tokens
+from tests import helpers
+from zlh_actors import config, operator_cli
+from zlh_actors.lab import settings as lab_settings
+from zlh_actors.lab import world
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSIONS = {"minecraft_version": "1.21.1", "fabric": {"loader": "0.16.14", "installer": "1.0.1"}}
+
+
+def subnet() -> str:
+    """A loopback /16 of its own, so labs of concurrent test runs never share an address."""
+    return f"127.{random.randint(21, 250)}.0.0/16"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings_for(lab: world.Lab, url: str, **overrides: Any) -> config.Settings:
+    found = lab.settings
+    values: dict[str, Any] = {
+        "database_url": url,
+        "port": free_port(),
+        "pve_host": found.pve_host,
+        "pve_port": found.pve_port,
+        "pve_user": found.pve_user,
+        "pve_token_name": found.pve_token_name,
+        "pve_token_value": found.pve_token_value,
+        "pve_ca_file": found.pve_ca_file,
+        "pve_template_vmid": found.template_vmid,
+        "enrollment_key_file": found.enrollment_key_file,
+        "ip_subnet": found.ip_subnet,
+        "agent_port": found.agent_port,
+        "allow_http_urls": True,
+        "shards": 8,
+        "heartbeat_interval": 0.2,
+        "lease_timeout": 1.5,
+        "step_timeout": 30.0,
+        "install_timeout": 30.0,
+        "pve_lock_wait": 2.0,
+    }
+    values.update(overrides)
+    return config.Settings(**values)
+
+
+def environment_for(lab: world.Lab, url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `server.py` replica against this lab and database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZLH_") and k != "DATABASE_URL"}
+    env.update(
+        DATABASE_URL=url,
+        ZLH_ENV_FILE=str(lab.env_file),
+        ZLH_PORT=str(port),
+        ZLH_ALLOW_HTTP_URLS="true",
+        ZLH_SHARDS="8",
+        ZLH_HEARTBEAT_INTERVAL="0.2",
+        ZLH_LEASE_TIMEOUT="1.5",
+        ZLH_STEP_TIMEOUT="30",
+        ZLH_INSTALL_TIMEOUT="30",
+        ZLH_PVE_LOCK_WAIT="2",
+        ZLH_LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+async def prepare_database(lab: world.Lab, url: str) -> dict[str, str]:
+    """Pin the lab's launchers and create tokens; returns {"alpha": ..., "beta": ..., "admin": ...}."""
+    conn = await database.connect(url)
+    try:
+        async with conn.transaction():
+            pins = json.loads((lab.directory / lab_settings.LAUNCHERS_FILE).read_text())
+            await operator_cli.pin_all(conn, pins)
+            made = {
+                "alpha": (await tokens.create(conn, "alpha", "user"))[1],
+                "beta": (await tokens.create(conn, "beta", "user"))[1],
+                "admin": (await tokens.create(conn, "ops", "admin"))[1],
+            }
+    finally:
+        await conn.close()
+    return made
+
+
+class Control:
+    """An HTTP client of the control plane, plus read-only looks at the database and the lab."""
+
+    def __init__(
+        self, base_urls: list[str], tokens: dict[str, str], lab: world.Lab, pool: asyncpg.Pool
+    ) -> None:
+        self.base_urls = base_urls
+        self.tokens = tokens
+        self.lab = lab
+        self.pool = pool
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        who: str = "alpha",
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        replica: int = 0,
+    ) -> tuple[int, Any, dict[str, str]]:
+        sent = {"Authorization": f"Bearer {self.tokens[who]}", **(headers or {})}
+        url = self.base_urls[replica % len(self.base_urls)] + path
+        async with self.http.request(method, url, json=json, headers=sent) as response:
+            body = await response.json(content_type=None)
+            return response.status, body, dict(response.headers)
+
+    def body(self, name: str, **changes: Any) -> dict[str, Any]:
+        return {"name": name, **VERSIONS, **changes}
+
+    async def create(
+        self, name: str, *, key: str | None = None, who: str = "alpha", **changes: Any
+    ) -> dict[str, Any]:
+        status, body, _ = await self.call(
+            "POST",
+            "/v1/servers",
+            who=who,
+            json=self.body(name, **changes),
+            headers={"Idempotency-Key": key or str(uuid.uuid4())},
+        )
+        assert status == 202, body
+        assert isinstance(body, dict)
+        return body
+
+    async def get(self, server_id: str, who: str = "alpha") -> dict[str, Any]:
+        status, body, _ = await self.call("GET", f"/v1/servers/{server_id}", who=who)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    async def wait_state(
+        self, server_id: str, *states: str, timeout: float = 60.0, who: str = "alpha"
+    ) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+
+        async def reached() -> bool:
+            seen.append(await self.get(server_id, who))
+            return seen[-1]["state"] in states
+
+        await helpers.assert_eventually(
+            reached,
+            timeout=timeout,
+            interval=0.1,
+            message=f"{server_id} never reached {states}; last: {seen[-1] if seen else None}",
+        )
+        return seen[-1]
+
+    async def containers(self) -> dict[int, Any]:
+        """Every guest in the fake Proxmox but the template, by VMID."""
+        guests = await self.lab.cluster.guests()
+        return {vmid: guest for vmid, guest in guests.items() if vmid != self.lab.settings.template_vmid}
+
+    async def live_allocations(self, server_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT 'vmid' AS kind FROM vmid_allocations WHERE server_id = $1 AND status <> 'released' "
+            "UNION ALL SELECT 'ip' FROM ip_allocations WHERE server_id = $1 AND status <> 'released' "
+            "UNION ALL SELECT 'port' FROM port_allocations WHERE server_id = $1 AND status <> 'released'",
+            uuid.UUID(server_id),
+        )
+        return [row["kind"] for row in rows]
+
+    async def journal_states(self, server_id: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT to_state FROM journal WHERE server_id = $1 ORDER BY seq", uuid.UUID(server_id)
+        )
+        return [row["to_state"] for row in rows]
+
+
+class ReplicaProcess:
+    """A real `server.py` replica, to be killed, frozen or stopped by a test."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"replica exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await helpers.assert_eventually(
+                answers, timeout=timeout, message=f"replica {self.port} not ready"
+            )
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replica {self.port} did not exit")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    async def close(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                await self.wait_exit(30)
+            except AssertionError:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
