@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 import signal
 import sys
 import urllib.parse
@@ -105,7 +106,8 @@ async def _pin_lab_launchers(url: str, launchers_file: os.PathLike[str]) -> None
     try:
         await migrate.migrate(conn)
         async with conn.transaction():
-            await operator_cli.pin_all(conn, json.loads(open(launchers_file).read()))
+            pins = json.loads(await asyncio.to_thread(pathlib.Path(launchers_file).read_text))
+            await operator_cli.pin_all(conn, pins)
     finally:
         await conn.close()
 
@@ -126,13 +128,16 @@ async def serve(settings: config.Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with database_url(settings) as url, world(settings, url) as effective:
-        async with service.running(effective, url):
-            print(f"zlh-actors listening on http://{effective.host}:{effective.port}", flush=True)
-            if settings.pve_host is None:
-                print(f"development admin token (tenant {DEV_TENANT}): {await _dev_token(url)}", flush=True)
-            await stop.wait()
-            log.info("shutting down: handing shards off")
+    async with (
+        database_url(settings) as url,
+        world(settings, url) as effective,
+        service.running(effective, url),
+    ):
+        print(f"zlh-actors listening on http://{effective.host}:{effective.port}", flush=True)
+        if settings.pve_host is None:
+            print(f"development admin token (tenant {DEV_TENANT}): {await _dev_token(url)}", flush=True)
+        await stop.wait()
+        log.info("shutting down: handing shards off")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,3 +51,8 @@ async def entries(
     """The server's entries with seq greater than `after`, oldest first."""
     records = await queries.fetch(conn, "list_journal", server_id, after, limit)
     return [database.row(Entry, record) for record in records]
+
+
+async def newest(conn: database.Conn, server_id: uuid.UUID) -> Entry:
+    """The server's newest entry: the event and time it entered its current state."""
+    return database.row(Entry, await queries.fetchrow(conn, "newest_journal_entry", server_id))

@@ -220,9 +220,9 @@ SELECT * FROM commands WHERE server_id = $1 AND status = 'queued' ORDER BY posit
 -- A server's accepted, unfinished commands. $1 server_id
 SELECT * FROM commands WHERE server_id = $1 AND status = 'accepted' ORDER BY position FOR UPDATE;
 
--- state_entered_at --
--- When a server entered its current state (its newest journal entry). $1 server_id
-SELECT at FROM journal WHERE server_id = $1 ORDER BY seq DESC LIMIT 1;
+-- newest_journal_entry --
+-- A server's newest journal entry: how and when it entered its current state. $1 server_id
+SELECT * FROM journal WHERE server_id = $1 ORDER BY seq DESC LIMIT 1;
 
 -- set_server_last_error --
 -- Compare-and-set a server's last error without changing its state. $1 id, $2 expected version, $3 last_error

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,13 @@ async def prepare_database(lab: world.Lab, url: str) -> dict[str, str]:
     finally:
         await conn.close()
     return made
+
+
+def agent_status(ip: str, port: int) -> dict[str, Any]:
+    """An agent's GET /v1/status, read directly (blocking: call it in a thread)."""
+    with urllib.request.urlopen(f"http://{ip}:{port}/v1/status", timeout=5) as response:
+        data: dict[str, Any] = json.loads(response.read())
+        return data
 
 
 class Control:

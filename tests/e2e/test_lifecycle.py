@@ -71,3 +71,17 @@ async def test_twenty_keys_at_once_make_twenty_distinct_servers(control: harness
     await asyncio.gather(*(control.wait_state(server["id"], "running", timeout=120) for server in created))
     containers = await control.containers()
     assert sorted(containers) == sorted(server["vmid"] for server in created)
+
+
+async def test_restart_really_restarts_the_game(control: harness.Control) -> None:
+    server = await control.create("restarted")
+    await control.wait_state(server["id"], "running")
+    agent = control.lab.agents()[server["vmid"]]
+    before = await asyncio.to_thread(harness.agent_status, agent.ip, agent.port)
+    status, body, _ = await control.call("POST", f"/v1/servers/{server['id']}/restart")
+    assert status == 202, body
+    await control.wait_state(server["id"], "running")
+    after = await asyncio.to_thread(harness.agent_status, agent.ip, agent.port)
+    assert after["game"]["running"]
+    assert after["game"]["pid"] != before["game"]["pid"]
+    assert (await control.journal_states(server["id"]))[-2:] == ["starting", "running"]

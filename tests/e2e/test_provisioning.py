@@ -62,19 +62,11 @@ async def test_a_mod_whose_bytes_do_not_match_fails_the_install_and_the_game_nev
     assert "evil-mod.jar" in failed["last_error"], failed["last_error"]
     assert "install" in failed["last_error"]
     agent = control.lab.agents()[created["vmid"]]
-    status = await asyncio.to_thread(_agent_status, agent.ip, agent.port)
+    status = await asyncio.to_thread(harness.agent_status, agent.ip, agent.port)
     assert status["game"]["running"] is False
     assert status["state"] == "install_failed"
     assert not await provisioning.slp_answers(created["ip"], created["game_port"], timeout=1)
     assert len(await control.containers()) == 1
-
-
-def _agent_status(ip: str, port: int) -> dict[str, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{ip}:{port}/v1/status", timeout=5) as response:
-        data: dict[str, Any] = json.loads(response.read())
-        return data
 
 
 async def test_lifecycle_never_consults_dns(

@@ -26,6 +26,7 @@ is SIGKILLed; the game command runs the stand-in game through it too, so a game 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -40,7 +41,7 @@ from typing import Any
 
 import zlh_actors
 from zlh_actors.lab import cluster as cluster_module
-from zlh_actors.lab import processes
+from zlh_actors.lab import processes, settings
 
 log = logging.getLogger("zlh_actors.lab")
 
@@ -97,7 +98,9 @@ def game_command(warmup: float) -> str:
     """The lab's `--game-command`: the downloaded stand-in launcher, run by the agent's Python."""
     # The template is split like a shell line, then each word is formatted: quote, then escape braces.
     lifeline = shlex.quote(str(processes.LIFELINE)).replace("{", "{{").replace("}", "}}")
-    return f"{{python}} {lifeline} -- {{python}} {{launcher}} --host {{ip}} --port {{port}} --warmup {warmup}"
+    game = f"{{python}} {{launcher}} --host {{ip}} --port {{port}} --warmup {warmup}"
+    version = f"--version-name {settings.GAME_VERSION} --protocol {settings.GAME_PROTOCOL}"
+    return f"{{python}} {lifeline} -- {game} {version}"
 
 
 class Supervisor:
@@ -131,6 +134,11 @@ class Supervisor:
     def processes(self, vmid: int) -> list[int]:
         """The live processes of the container: its agent and the game it runs."""
         return [pid for pid in processes.marked(self.mark(vmid)) if processes.alive(pid)]
+
+    def has_process(self, vmid: int) -> bool:
+        """True while the container has an agent process (starting, listening or being stopped)."""
+        worker = self._workers.get(vmid)
+        return worker is not None and worker.process is not None
 
     def kill_agent(self, vmid: int) -> int:
         """SIGKILL the container's agent (its game dies with it); the supervisor restarts it. Its pid."""
@@ -284,12 +292,12 @@ class _Container:
             await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
-        if self.exited is not None and self.exited.done():
+        if self.process is not None and self.exited is not None and self.exited.done():
             ran = time.monotonic() - self.started_at
             log.warning(
                 "agent of CT %s exited unexpectedly (code %s) after %.1fs; restarting it",
                 self.vmid,
-                self.exited.result(),
+                self.process.returncode,
                 ran,
             )
             self._note_failure(stable=ran >= STABLE)
@@ -354,18 +362,22 @@ class _Container:
                 out.flush()
 
     async def _stop(self, *, graceful: bool) -> None:
-        process, exited = self.process, self.exited
+        process = self.process
         assert process is not None, "only a worker with an agent stops it"
-        assert exited is not None
         self.info = None
         if graceful and process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait([exited], timeout=self.supervisor.config.stop_grace)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.supervisor.config.stop_grace):
+                    await process.wait()
         # Whatever is left of the container (the game, if the agent could not stop it) goes now.
         await asyncio.to_thread(processes.kill_marked, self.supervisor.mark(self.vmid))
-        await exited
+        # Not `await self.exited`: a cancelled await would cancel that task, and a second stop (at
+        # close, after the worker was cancelled mid-stop) would then raise instead of waiting.
+        await process.wait()
         if self.relay is not None:
-            await self.relay
+            await asyncio.wait([self.relay])
         log.info(
             "agent of CT %s stopped (%s, exit code %s)",
             self.vmid,

@@ -227,7 +227,8 @@ class Cluster:
                 status=ct.status,
                 ip=static_ip(ct.config.get("net0")),
                 incarnation=known[1],
-                boot=ct.pid if running else None,
+                # A container made running by hand (fault injection) may have no pid: still a boot.
+                boot=(ct.pid or 0) if running else None,
             )
         for vmid in self._incarnations.keys() - out.keys():
             del self._incarnations[vmid]  # destroyed: let the container object go

@@ -49,12 +49,19 @@ def marked(value: str, *, prefix: bool = False) -> list[int]:
 
 def alive(pid: int) -> bool:
     """True while `pid` is a running process (not a zombie)."""
+    return start_time(pid) is not None
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel start time of a running `pid` (clock ticks since boot; tells it from a later
+    process that reuses the pid), or None when no such process runs (gone, or a zombie)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
-        return False
+        return None
     # The command name (field 2) may contain spaces and parentheses; the state follows the last ")".
-    return text[text.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+    fields = text[text.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def signal_all(pids: Iterable[int], signum: signal.Signals) -> None:
@@ -69,23 +76,30 @@ def signal_all(pids: Iterable[int], signum: signal.Signals) -> None:
 
 
 def kill_marked(value: str, *, prefix: bool = False, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every process carrying the mark until none is left; the pids that were killed.
+    """SIGKILL every process carrying the mark, and return once all are dead; the pids killed.
 
-    Repeats the scan because a process may fork between a scan and the signal. Raises
-    `TimeoutError` if marked processes still run after `timeout` seconds (something unkillable,
-    such as a process stuck in the kernel).
+    Two things make one scan and one signal not enough: a process may fork between a scan and the
+    signal, and a dying process loses its environment (the kernel frees its memory first) while it
+    still holds its files, sockets included. So this scans until no marked process is left, and
+    waits until every process it killed has actually exited. `TimeoutError` if some still run after
+    `timeout` seconds (something unkillable, such as a process stuck in the kernel).
     """
     deadline = time.monotonic() + timeout
-    killed: list[int] = []
+    killed: dict[int, int] = {}  # pid -> start time
     while True:
-        pids = [pid for pid in marked(value, prefix=prefix) if alive(pid)]
-        if not pids:
-            return killed
+        found = {
+            pid: started for pid in marked(value, prefix=prefix) if (started := start_time(pid)) is not None
+        }
+        dying = [pid for pid, started in killed.items() if pid not in found and start_time(pid) == started]
+        if not found and not dying:
+            return list(killed)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"processes {pids} marked {value!r} survive SIGKILL")
-        signal_all(pids, signal.SIGKILL)
-        killed.extend(pid for pid in pids if pid not in killed)
-        time.sleep(0.01)
+            raise TimeoutError(
+                f"processes {sorted(found.keys() | set(dying))} marked {value!r} survive SIGKILL"
+            )
+        signal_all(found, signal.SIGKILL)
+        killed.update(found)
+        time.sleep(0.005)
 
 
 def lifeline_argv(python: str, command: list[str], parent: int | None = None) -> list[str]:

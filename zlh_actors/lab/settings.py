@@ -41,6 +41,8 @@ VERSIONS = (
     ("1.21.4", "0.16.10", "1.0.1"),
     ("1.20.1", "0.15.11", "1.0.1"),
 )
+# What the stand-in game reports over Server List Ping: the default pin's version (1.21.1 is 767).
+GAME_VERSION, GAME_PROTOCOL = VERSIONS[0][0], 767
 # Stand-in mods with realistic names; fake_mod_jar makes each a valid, deterministic jar.
 MODS = (
     "fabric-api-0.102.0+1.21.1.jar",

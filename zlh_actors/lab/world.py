@@ -194,9 +194,9 @@ class Lab:
         """Until the container has no agent and no process left (its game included)."""
 
         async def none_left() -> bool:
-            return vmid not in self.supervisor.agents() and not await asyncio.to_thread(
-                self.supervisor.processes, vmid
-            )
+            if self.supervisor.has_process(vmid):
+                return False
+            return not await asyncio.to_thread(self.supervisor.processes, vmid)
 
         await _until_async(none_left, timeout, f"no process of CT {vmid}")
 

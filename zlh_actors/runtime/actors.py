@@ -143,7 +143,7 @@ class Registry(Generic[K, M]):
         return actor
 
     async def _supervise(self, actor: Actor[K, M]) -> None:
-        crashes: collections.deque[float] = collections.deque()
+        crashes: collections.deque[float] | None = None  # created on the first crash: most actors never crash
         try:
             while True:
                 try:
@@ -154,6 +154,8 @@ class Registry(Generic[K, M]):
                     return
                 except Exception as exc:
                     now = time.monotonic()
+                    if crashes is None:
+                        crashes = collections.deque()
                     crashes.append(now)
                     while crashes and crashes[0] < now - self.policy.restart_window:
                         crashes.popleft()
@@ -194,17 +196,26 @@ class Registry(Generic[K, M]):
                 if not await self._wait(actor):
                     return
                 continue
-            envelope = actor.mailbox.popleft()
-            if isinstance(envelope, _Stop):
+            if not await self._deliver(actor.key, actor.mailbox.popleft()):
                 return
-            try:
-                result = await self._handler(actor.key, envelope.message)
-            except BaseException as exc:
-                if envelope.reply is not None and not envelope.reply.done():
-                    envelope.reply.set_exception(exc)
-                raise
+
+    async def _deliver(self, key: K, envelope: _Envelope | _Stop) -> bool:
+        """Handle one message; False at the end-of-stream sentinel.
+
+        A method of its own so that the message and the handler's result are released when it
+        returns: an idle actor, parked in `_wait`, must not keep its last message alive.
+        """
+        if isinstance(envelope, _Stop):
+            return False
+        try:
+            result = await self._handler(key, envelope.message)
+        except BaseException as exc:
             if envelope.reply is not None and not envelope.reply.done():
-                envelope.reply.set_result(result)
+                envelope.reply.set_exception(exc)
+            raise
+        if envelope.reply is not None and not envelope.reply.done():
+            envelope.reply.set_result(result)
+        return True
 
     async def _wait(self, actor: Actor[K, M]) -> bool:
         """Wait for mail; False (and the actor is retired) once idle for `idle_timeout` seconds."""

@@ -30,7 +30,7 @@ from typing import Protocol
 import asyncpg
 
 from statemachines import lifecycle
-from storage import commands, database, queries, servers
+from storage import commands, database, journal, servers
 from zlh_actors import errors
 from zlh_actors.runtime import fencing
 from zlh_actors.servers import effects
@@ -156,7 +156,7 @@ class ServerHandler:
         deadline = self._work.deadline(server.state)
         if deadline is not None:
             async with self._pool.acquire() as conn:
-                entered: datetime.datetime = await queries.fetchval(conn, "state_entered_at", server.id)
+                entered = (await journal.newest(conn, server.id)).at
             waited = (datetime.datetime.now(datetime.UTC) - entered).total_seconds()
             if waited > deadline:
                 return effects.Step(

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from mcstatus import JavaServer
 
-from storage import agents, allocations, launchers, queries, servers
+from storage import agents, allocations, journal, launchers, servers
 from zlh_actors import config, errors
 from zlh_actors.agent import manifest, wire
 from zlh_actors.proxmox import errors as pve_errors
@@ -48,7 +48,10 @@ async def slp_answers(ip: str, port: int, timeout: float = 2.0) -> bool:
 
 @dataclasses.dataclass
 class _Starting:
+    """Progress through `starting` since the server entered it (kept only while it is there)."""
+
     entered_at: datetime.datetime
+    restart: bool
     asked: bool = False
 
 
@@ -154,10 +157,11 @@ class Provisioning:
             report = await agents.latest_report(conn, server.id)
         return report if report is not None and report.generation == server.generation else None
 
-    async def _entered_at(self, server: servers.Server) -> datetime.datetime:
+    async def _entered(self, server: servers.Server) -> tuple[datetime.datetime, str]:
+        """When the server entered its state, and by which event."""
         async with self._pool.acquire() as conn:
-            entered: datetime.datetime = await queries.fetchval(conn, "state_entered_at", server.id)
-        return entered
+            entry = await journal.newest(conn, server.id)
+        return entry.at, entry.event
 
     # --- provisioning -------------------------------------------------------------------------
 
@@ -213,43 +217,68 @@ class Provisioning:
         return Step(event="enrolled", detail=f"manifest {manifest.manifest_sha256(built)}")
 
     async def _installing(self, server: servers.Server, writes: effects.Writes) -> Step:
-        report = await self._report(server)
-        if report is None:
-            return Step(retry_after=POLL * 2)
-        if report.state == "install_failed":
-            return Step(event="fail", last_error=f"install failed: {report.detail or 'no detail'}")
-        if report.state != "installed":
-            return Step(retry_after=POLL * 2)
+        # The agent's report may have gone to a replica that has died since: its status, polled at
+        # the container's IP, says the same thing and does not depend on which replica listens.
         expected = manifest.manifest_sha256(await self._manifest(server))
-        if report.manifest_sha256 != expected:
-            return Step(
-                event="fail",
-                last_error=f"agent installed manifest {report.manifest_sha256}, expected {expected}",
-            )
-        return Step(event="installed", detail=f"manifest {expected}")
+        report = await self._report(server)
+        status = await self._agent.status(self._ip(server))
+        if status is not None and status.get("generation") == server.generation:
+            if status.get("state") == "install_failed":
+                return Step(
+                    event="fail", last_error=f"install failed: {status.get('last_error') or 'no detail'}"
+                )
+            if status.get("manifest_sha256") == expected:
+                return Step(event="installed", detail=f"manifest {expected}")
+        if report is not None and report.state == "install_failed":
+            return Step(event="fail", last_error=f"install failed: {report.detail or 'no detail'}")
+        if report is not None and report.state == "installed":
+            if report.manifest_sha256 != expected:
+                return Step(
+                    event="fail",
+                    last_error=f"agent installed manifest {report.manifest_sha256}, expected {expected}",
+                )
+            return Step(event="installed", detail=f"manifest {expected}")
+        return Step(retry_after=POLL * 2)
 
     # --- running the game ---------------------------------------------------------------------
 
     async def _starting_step(self, server: servers.Server, writes: effects.Writes) -> Step:
-        entered = await self._entered_at(server)
+        entered, event = await self._entered(server)
         progress = self._starting.get(server.id)
         if progress is None or progress.entered_at != entered:
-            progress = self._starting[server.id] = _Starting(entered)
-        report = await self._report(server)
-        if report is not None and report.state == "ready" and report.received_at > entered:
-            assert server.game_port is not None
-            if await slp_answers(self._ip(server), server.game_port):
-                self._starting.pop(server.id, None)
-                return Step(event="ready", detail="agent ready and Server List Ping answered")
-            return Step(retry_after=POLL)
+            progress = self._starting[server.id] = _Starting(entered, restart=event == "restart")
+        ip = self._ip(server)
         if not progress.asked:
             await self._driver.start(self._ref(server))  # idempotent: a stopped server's container boots
-            ip = self._ip(server)
-            if await self._agent.status(ip) is None:
+            status = await self._agent.status(ip)
+            if status is None:
+                return Step(retry_after=POLL)
+            if progress.restart and status.get("game", {}).get("running"):
+                await self._agent.stop_game(ip, server.generation)
                 return Step(retry_after=POLL)
             await self._agent.start_game(ip, server.generation)
             progress.asked = True
+            return Step(retry_after=POLL)
+        if await self._agent_ready(server, entered):
+            assert server.game_port is not None
+            if await slp_answers(ip, server.game_port):
+                self._starting.pop(server.id, None)
+                return Step(event="ready", detail="agent ready and Server List Ping answered")
         return Step(retry_after=POLL)
+
+    async def _agent_ready(self, server: servers.Server, entered: datetime.datetime) -> bool:
+        """The agent says `ready`: in a report received since `entered`, or in its status now (the report
+        may have gone to a replica that died)."""
+        report = await self._report(server)
+        if report is not None and report.state == "ready" and report.received_at > entered:
+            return True
+        status = await self._agent.status(self._ip(server))
+        return (
+            status is not None
+            and status.get("generation") == server.generation
+            and status.get("state") == "ready"
+            and bool(status.get("game", {}).get("running"))
+        )
 
     async def _stopping(self, server: servers.Server, writes: effects.Writes) -> Step:
         ip = self._ip(server)

@@ -68,7 +68,7 @@ async def test_clean_shutdown_stops_the_game_through_the_agent_and_hard_stop_kil
     assert processes.alive(game_pid)
     # The stand-in answers the Server List Ping the control plane's own client sends.
     answer = await mcstatus.JavaServer(agent.ip, game_port).async_status()
-    assert answer.players.max == 20
+    assert (answer.version.name, answer.players.max) == ("1.21.1", 20), "the default launcher pin's version"
 
     assert await proxmox.shutdown(server.ref, timeout=5) is protocol.ShutdownOutcome.CLEAN
     await lab.wait_no_agent(1002)

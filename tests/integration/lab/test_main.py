@@ -97,12 +97,14 @@ async def test_a_killed_lab_takes_its_agents_and_games_along(
 ) -> None:
     process, directory = lab_process
     game = await with_a_running_game(directory, http, receiver)
+    children = [pid for pid in conftest.pids_mentioning(str(directory)) if pid != process.pid]
+    assert game in children
 
     process.kill()  # SIGKILL: the lab runs no cleanup at all
     await process.wait()
 
     async def all_gone() -> bool:
-        return conftest.pids_mentioning(str(directory)) == []
+        return not any(processes.alive(pid) for pid in children)
 
-    await helpers.assert_eventually(all_gone, timeout=5, message="agents and games of a killed lab")
-    assert not processes.alive(game)
+    await helpers.assert_eventually(all_gone, timeout=5, message=f"agent and game {children} of a killed lab")
+    assert conftest.pids_mentioning(str(directory)) == []

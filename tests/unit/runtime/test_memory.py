@@ -120,11 +120,6 @@ def test_the_chart_count_sees_a_chart_that_is_kept() -> None:
     assert charts_alive() == already + len(kept)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Registry._run keeps the last envelope and the handler's result in its frame while the "
-    "actor is parked (see bench/README.md); a handler that returns a chart leaves it with the actor",
-)
 async def test_an_idle_actor_keeps_nothing_from_its_last_message() -> None:
     already = charts_alive()
 
