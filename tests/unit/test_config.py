@@ -53,3 +53,9 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
 def test_every_setting_is_a_settings_field() -> None:
     fields = set(config.Settings.__dataclass_fields__)
     assert {setting.field for setting in config.SETTINGS} == fields
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [setting.env for setting in config.SETTINGS if f"`{setting.env}`" not in readme]
+    assert missing == []

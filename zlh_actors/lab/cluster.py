@@ -101,7 +101,7 @@ class Guest:
 
 
 class _LabPve(fakepve.FakePve):  # type: ignore[misc]  # fakepve ships no type information
-    """fakepve with nodes as big as the lab needs: its nodes report 8 GiB, room for three servers."""
+    """fakepve with nodes as big as the lab needs (its own report 8 GiB, 6 free: three servers)."""
 
     node_memory = 512 * 2**30
 
@@ -143,7 +143,11 @@ class Cluster:
     ) -> Cluster:
         cluster = cls(directory, nodes=nodes, time_scale=time_scale, node_memory_gib=node_memory_gib)
         cluster._thread.start()
-        await cluster.run(cluster.pve.start(str(cluster.ca_file), str(cluster._key_file)))
+        try:
+            await cluster.run(cluster.pve.start(str(cluster.ca_file), str(cluster._key_file)))
+        except BaseException:
+            await cluster.close()
+            raise
         context = ssl.create_default_context(cafile=str(cluster.ca_file))
         cluster._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
         return cluster

@@ -199,7 +199,7 @@ def write(directory: Path, settings: LabSettings, server: files.FileServer) -> P
     ]
     write_mods(directory, server)
     _write_atomic(directory / LAUNCHERS_FILE, json.dumps(launcher_pins(server.launcher), indent=2) + "\n")
-    _write_atomic(directory / ENV_FILE, "\n".join(lines) + "\n")
+    _write_atomic(directory / ENV_FILE, "\n".join(lines) + "\n", mode=0o600)  # it holds the token secret
     return directory / ENV_FILE
 
 
@@ -208,7 +208,11 @@ def write_mods(directory: Path, server: files.FileServer) -> None:
     _write_atomic(directory / MODS_FILE, json.dumps(catalog, indent=2) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    with os.fdopen(
+        os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8"
+    ) as out:
+        os.fchmod(out.fileno(), mode)  # an older temporary file keeps its mode through O_CREAT
+        out.write(text)
     os.replace(temporary, path)

@@ -26,10 +26,11 @@ async def test_lab_env_names_the_running_lab(lab: world.Lab) -> None:
     assert values["ZLH_IP_SUBNET"] == "127.20.0.0/16"
     assert values["ZLH_PVE_TEMPLATE_VMID"] == "9000"
     assert int(values["ZLH_PVE_PORT"]) == lab.cluster.port
-    check_files(Path(values["ZLH_ENROLLMENT_KEY_FILE"]), Path(values["ZLH_PVE_CA_FILE"]))
+    check_files(lab.env_file, Path(values["ZLH_ENROLLMENT_KEY_FILE"]), Path(values["ZLH_PVE_CA_FILE"]))
 
 
-def check_files(key_file: Path, ca_file: Path) -> None:
+def check_files(env_file: Path, key_file: Path, ca_file: Path) -> None:
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, "the token secret is the owner's only"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, "the key is the owner's only"
     assert len(key_file.read_bytes().strip()) >= 32, "long enough for the agents to accept"
     assert ca_file.read_text().startswith("-----BEGIN CERTIFICATE-----")
