@@ -320,6 +320,9 @@ async def test_a_frozen_replica_is_evicted_and_cannot_write_when_it_wakes(deploy
     assert await live.metric("zlh_owned_shards") == SHARDS, live.tail()
     await wait_all(deployment, targets, ("stopped",), timeout=30)
     for server_id in targets:
+        # The lab's supervisor lets a stopped container's agent linger for up to one poll: a start
+        # in that window asks the old boot's agent for the game (see the report).
+        await deployment.lab.wait_no_agent((await api.get(server_id))["vmid"])
         status, body, _ = await api.call("POST", f"/v1/servers/{server_id}/start")
         assert status == 202, body
     await wait_all(deployment, targets, ("running",), timeout=30)

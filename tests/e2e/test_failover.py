@@ -1,5 +1,6 @@
 """A replica killed (kill -9) while servers sit in each provisioning step: the survivor finishes them.
 
+Every provisioning step is covered: cloning, configuring, booting, enrolling, installing and starting.
 Both replicas run as real `server.py` processes with a single shard, so one replica owns every
 server and the other stands by; killing the owner interrupts every step at once. Each server is held
 in its step by a real condition (see test_provisioning), the owner is killed, the holds are lifted,
@@ -86,6 +87,15 @@ async def test_killing_the_owner_in_every_provisioning_step(
                 await lab.cluster.call(lambda: lab.pve.fail("POST", "/status/start", 500, "start boom"))
                 held["provisioning.booting"] = await control.create("at-booting")
                 await control.wait_state(held["provisioning.booting"]["id"], "provisioning.booting")
+                held["provisioning.configuring"] = await control.create("at-configuring")
+                holder = await pool.acquire()
+                row_lock = holder.transaction()
+                await row_lock.start()
+                await holder.execute(
+                    "SELECT 1 FROM vmid_allocations WHERE server_id = $1 FOR UPDATE",
+                    uuid.UUID(held["provisioning.configuring"]["id"]),
+                )
+                await control.wait_state(held["provisioning.configuring"]["id"], "provisioning.configuring")
                 await lab.cluster.run(lab.pve.hold_config_lock(lab.settings.template_vmid, None))
                 held["provisioning.cloning"] = await control.create("at-cloning")
                 await control.wait_state(held["provisioning.cloning"]["id"], "provisioning.cloning")
@@ -111,6 +121,8 @@ async def test_killing_the_owner_in_every_provisioning_step(
 
                 squat.close()
                 gate.set()
+                await row_lock.rollback()
+                await pool.release(holder)
                 await lab.cluster.call(lambda: lab.pve.failures.pop(("POST", "/status/start"), None))
                 await lab.cluster.call(lambda: lab.pve.release_config_lock(lab.settings.template_vmid))
                 for server in held.values():

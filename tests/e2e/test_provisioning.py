@@ -253,3 +253,17 @@ async def test_delete_while_starting(tmp_path: Path, db_url: str, pool: asyncpg.
         await control.wait_state(server["id"], "starting", timeout=60)
         await request_delete(control, server)
         await finish_delete(control, server, "starting")
+
+
+async def test_delete_while_configuring(control: harness.Control) -> None:
+    # Configuring only moves the server's allocations to in-use: a row lock held on them (lock_timeout
+    # makes the step give up and retry) keeps the server there.
+    async with control.pool.acquire() as conn, conn.transaction():
+        server = await control.create("del-configuring")
+        await conn.execute(
+            "SELECT 1 FROM vmid_allocations WHERE server_id = $1 FOR UPDATE", uuid.UUID(server["id"])
+        )
+        await control.wait_state(server["id"], "provisioning.configuring")
+        await request_delete(control, server)
+        await helpers.assert_eventually(lambda: _journal_has_delete(control, server["id"]), timeout=30)
+    await finish_delete(control, server, "provisioning.configuring")
