@@ -46,30 +46,21 @@ def redact(url: str) -> str:
 @contextlib.asynccontextmanager
 async def database_url(settings: config.Settings) -> AsyncIterator[str]:
     """The configured database, or a private one under the data directory for as long as needed."""
-    if settings.database_url is not None:
+    async with contextlib.AsyncExitStack() as stack:
         url = settings.database_url
-    else:
-        local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
-        stack = contextlib.AsyncExitStack()
-        if local.started_here:
-            stack.push_async_callback(asyncio.to_thread, localdb.stop, local)
-        async with stack:
+        if url is None:
+            local = await asyncio.to_thread(localdb.ensure_running, settings.data_dir / "pg")
+            if local.started_here:
+                stack.push_async_callback(asyncio.to_thread, localdb.stop, local)
             url = await localdb.ensure_database(local)
             print(f"DATABASE_URL unset: using the private PostgreSQL in {local.data_dir}", flush=True)
-            await _check_reachable(settings, url)
-            yield url
-            return
-    await _check_reachable(settings, url)
-    yield url
-
-
-async def _check_reachable(settings: config.Settings, url: str) -> None:
-    print(f"database: {redact(url)}", flush=True)
-    try:
-        conn = await database.connect(url, timeout=settings.db_connect_timeout)
-    except errors.StorageUnavailable as exc:
-        raise errors.ConfigError(f"cannot reach the database at {redact(url)}: {exc.message}") from None
-    await conn.close()
+        print(f"database: {redact(url)}", flush=True)
+        try:
+            conn = await database.connect(url, timeout=settings.db_connect_timeout)
+        except errors.StorageUnavailable as exc:
+            raise errors.ConfigError(f"cannot reach the database at {redact(url)}: {exc.message}") from None
+        await conn.close()
+        yield url
 
 
 @contextlib.asynccontextmanager

@@ -334,11 +334,12 @@ async def test_a_frozen_replica_is_evicted_and_cannot_write_when_it_wakes(deploy
         15,
         lambda: f"the woken replica never rejoined\n{deployment.tails()}",
     )
+    died = [line for line in frozen.log().splitlines() if "replica task" in line and "failed" in line]
     fenced = await frozen.metric("zlh_fenced_writes_rejected_total")
     refusals = frozen.log().count(REFUSED)
     print(f"fenced {fenced}, refusals logged {refusals}")
-    print(frozen.tail(6000))
     assert fenced == refusals
+    assert died == [], f"{frozen.name} lost a long-lived task after waking: {died}\n{frozen.tail()}"
     await assert_one_container_each(deployment, api, settled + fresh)
     await assert_journals_have_one_owner_at_a_time(deployment)
     late = await deployment.pool.fetch(

@@ -238,6 +238,14 @@ class LeaseManager:
         log.warning("replica %s missed its lease; closed its %s database sessions", replica_id, closed)
 
     async def _acquire(self, live: list[uuid.UUID], wanted: int) -> None:
+        taken: list[int] = []
+        try:
+            await self._take(live, wanted, taken)
+        finally:
+            if taken:
+                log.info("acquired shards %s", _ranges(taken))
+
+    async def _take(self, live: list[uuid.UUID], wanted: int, taken: list[int]) -> None:
         # Shards recorded as ours are candidates too: after a reconnect we no longer hold their locks.
         others = [replica for replica in live if replica != self.replica_id]
         for row in await self._q("lease_candidates", self.settings.shard_count, others):
@@ -255,7 +263,8 @@ class LeaseManager:
             assert isinstance(epoch, int)
             self.owned[shard] = epoch
             wanted -= 1
-            log.info("acquired shard %d at epoch %d", shard, epoch)
+            taken.append(shard)
+            log.debug("acquired shard %d at epoch %d", shard, epoch)
             await self._listener.acquired(shard, epoch)
 
     async def _release(self, shard: int) -> None:
@@ -263,7 +272,7 @@ class LeaseManager:
         await self._listener.releasing(shard)
         await self._q("release_lease", shard, self.replica_id)
         await self._val("unlock_shard", shards.LOCK_NAMESPACE, shard)
-        log.info("released shard %d (epoch %d)", shard, epoch)
+        log.info("released shard %d (epoch %d) to balance or shut down", shard, epoch)
 
     async def stop(self) -> None:
         """Hand every shard off gracefully and deregister; safe to call twice."""
@@ -282,3 +291,14 @@ class LeaseManager:
             if self._conn is not None:
                 await self._conn.close()
                 self._conn = None
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5': shard lists in logs stay one short line."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
