@@ -318,3 +318,16 @@ WHERE ($1::text IS NULL OR tenant = $1)
   AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
 ORDER BY created_at, id
 LIMIT $5;
+
+-- list_replicas --
+-- Every registered replica with its heartbeat age in seconds. No parameters
+SELECT id, host, pid, http_port, started_at, heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::double precision AS heartbeat_age
+FROM replicas ORDER BY started_at, id;
+
+-- actor_summaries --
+-- State and last transition of the given servers. $1 server ids (uuid[])
+SELECT s.id, s.tenant, s.name, s.state, s.desired_state, s.generation, j.event AS last_event, j.at AS last_at
+FROM servers s
+LEFT JOIN LATERAL (SELECT event, at FROM journal WHERE server_id = s.id ORDER BY seq DESC LIMIT 1) j ON true
+WHERE s.id = ANY ($1::uuid[]);

@@ -119,7 +119,14 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
         work = provisioning.Provisioning(pool, settings, driver, agents, callback_base=callback_base)
         counters = metrics.Metrics()
         built = server_replica.build(
-            url=url, pool=pool, work=work, settings=leases, http_port=settings.port, replica_id=replica_id
+            url=url,
+            pool=pool,
+            work=work,
+            settings=leases,
+            http_port=settings.port,
+            # Peers reach this replica's admin view at host:port; a wildcard address is not reachable.
+            http_host=None if settings.host in ("0.0.0.0", "::") else settings.host,
+            replica_id=replica_id,
         )
         observe(counters, built)
         app = api_app.make_app(
@@ -127,7 +134,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                 pool=pool,
                 settings=settings,
                 placement=create.Placement(driver),
-                inbox=built.inbox,
+                replica=built,
                 metrics=counters,
             )
         )

@@ -153,7 +153,7 @@ class Control:
         return {"name": name, **VERSIONS, **changes}
 
     async def create(
-        self, name: str, *, key: str | None = None, who: str = "alpha", **changes: Any
+        self, name: str, *, key: str | None = None, who: str = "alpha", replica: int = 0, **changes: Any
     ) -> dict[str, Any]:
         status, body, _ = await self.call(
             "POST",
@@ -161,6 +161,7 @@ class Control:
             who=who,
             json=self.body(name, **changes),
             headers={"Idempotency-Key": key or str(uuid.uuid4())},
+            replica=replica,
         )
         assert status == 202, body
         assert isinstance(body, dict)

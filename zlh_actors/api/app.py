@@ -8,9 +8,9 @@ import asyncpg
 from aiohttp import web
 
 from zlh_actors import config, metrics
-from zlh_actors.api import agent_callbacks, auth, health, keys, problems, servers
-from zlh_actors.runtime import inbox
-from zlh_actors.servers import create
+from zlh_actors.api import admin, agent_callbacks, auth, health, keys, problems, servers
+from zlh_actors.runtime import replica
+from zlh_actors.servers import actor, create
 
 MAX_BODY = 1024 * 1024
 
@@ -20,7 +20,7 @@ class Deps:
     pool: asyncpg.Pool
     settings: config.Settings
     placement: create.Placement
-    inbox: inbox.Inbox
+    replica: replica.Replica[actor.Wake]
     metrics: metrics.Metrics
 
 
@@ -29,7 +29,8 @@ def make_app(deps: Deps) -> web.Application:
     app[keys.POOL] = deps.pool
     app[keys.SETTINGS] = deps.settings
     app[keys.PLACEMENT] = deps.placement
-    app[keys.INBOX] = deps.inbox
+    app[keys.INBOX] = deps.replica.inbox
+    app[keys.REPLICA] = deps.replica
     app[keys.METRICS] = deps.metrics
     app.add_routes(
         [
@@ -44,6 +45,8 @@ def make_app(deps: Deps) -> web.Application:
             web.get("/v1/servers/{server_id}/events", servers.server_events),
             web.get("/v1/servers/{server_id}/commands/{command_id}", servers.get_command),
             web.post("/agent/v1/servers/{server_id}/status", agent_callbacks.report_status),
+            web.get("/admin/v1/actors", admin.actors),
+            web.get("/admin/v1/shards", admin.shards),
         ]
     )
     return app

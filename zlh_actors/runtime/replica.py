@@ -48,6 +48,7 @@ class Replica(Generic[M]):
         find_pending: FindPending,
         settings: ownership.LeaseSettings,
         http_port: int | None = None,
+        http_host: str | None = None,
         sweep_interval: float = 5.0,
         replica_id: uuid.UUID | None = None,
     ) -> None:
@@ -64,7 +65,7 @@ class Replica(Generic[M]):
             url,
             self,
             replica_id=self.id,
-            host=socket.gethostname(),
+            host=http_host or socket.gethostname(),
             pid=os.getpid(),
             http_port=http_port,
             settings=settings,

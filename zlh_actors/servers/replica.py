@@ -19,6 +19,7 @@ def build(
     settings: ownership.LeaseSettings,
     policy: actors.Policy | None = None,
     http_port: int | None = None,
+    http_host: str | None = None,
     sweep_interval: float = 5.0,
     replica_id: uuid.UUID | None = None,
 ) -> replica.Replica[actor.Wake]:
@@ -46,6 +47,7 @@ def build(
         find_pending=find_pending,
         settings=settings,
         http_port=http_port,
+        http_host=http_host,
         sweep_interval=sweep_interval,
         replica_id=replica_id,
     )

@@ -1,0 +1,50 @@
+"""Admin views: shard ownership, replicas, and resident actors gathered from every replica."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from tests import helpers
+from tests.e2e import harness
+from zlh_actors import service
+
+
+async def test_admin_endpoints_refuse_user_tokens(control: harness.Control) -> None:
+    for path in ("/admin/v1/actors", "/admin/v1/shards"):
+        status, body, _ = await control.call("GET", path, who="alpha")
+        assert status == 403, body
+        status, body, _ = await control.call("GET", path, who="admin")
+        assert status == 200, body
+
+
+async def test_actors_and_shards_are_gathered_from_every_replica(
+    control: harness.Control, db_url: str, pool: asyncpg.Pool
+) -> None:
+    second = harness.settings_for(control.lab, db_url)
+    async with service.running(second, db_url):
+        control.base_urls.append(f"http://127.0.0.1:{second.port}")
+
+        async def balanced() -> bool:
+            _, body, _ = await control.call("GET", "/admin/v1/shards", who="admin")
+            owners = [replica["owned_shards"] for replica in body["replicas"] if replica["live"]]
+            return sorted(owners) == [4, 4]
+
+        await helpers.assert_eventually(balanced, timeout=15, message="shards never split 4/4")
+        created = [await control.create(f"watched-{n}", replica=n) for n in range(6)]
+        for server in created:
+            await control.wait_state(server["id"], "running")
+        status, body, _ = await control.call("GET", "/admin/v1/actors", who="admin")
+        assert status == 200, body
+        assert body["unreachable"] == []
+        by_id = {item["server_id"]: item for item in body["actors"]}
+        assert set(by_id) >= {server["id"] for server in created}
+        assert len({by_id[server["id"]]["replica"] for server in created}) == 2
+        for server in created:
+            item = by_id[server["id"]]
+            assert item["state"] == "running"
+            assert item["last_transition"]["event"] == "ready"
+            assert item["epoch"] >= 1
+            assert item["mailbox_depth"] == 0
+        _, shards, _ = await control.call("GET", "/admin/v1/shards", who="admin")
+        assert len(shards["shards"]) == 8
+        assert all(lease["owner"] is not None for lease in shards["shards"])

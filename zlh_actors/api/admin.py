@@ -1,0 +1,131 @@
+"""Admin views (admin tokens only): resident actors cluster-wide, shard ownership, replicas.
+
+Actors live in the memory of whichever replica owns their shard, so `GET /admin/v1/actors` asks
+every registered replica for its own (`?scope=local`, with the caller's admin token) and joins what
+they say with each server's state and last transition from the database. A replica that does not
+answer is listed under `unreachable` rather than failing the whole view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from storage import queries
+from zlh_actors.api import auth, keys
+
+PEER_TIMEOUT = aiohttp.ClientTimeout(total=3)
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=str), content_type="application/json")
+
+
+def _local(request: web.Request) -> list[dict[str, Any]]:
+    replica = request.app[keys.REPLICA]
+    out = []
+    for server_id in replica.registry.resident():
+        actor = replica.registry.get(server_id)
+        if actor is None:
+            continue
+        shard = replica.shard_of(server_id)
+        lease = replica.leases.get(shard)
+        out.append(
+            {
+                "server_id": str(server_id),
+                "replica": str(replica.id),
+                "shard": shard,
+                "epoch": None if lease is None else lease.epoch,
+                "mailbox_depth": actor.depth(),
+                "restarts": actor.restarts,
+            }
+        )
+    return out
+
+
+async def _peer(session: aiohttp.ClientSession, row: Any, authorization: str) -> list[dict[str, Any]]:
+    url = f"http://{row['host']}:{row['http_port']}/admin/v1/actors?scope=local"
+    async with session.get(url, headers={"Authorization": authorization}) as response:
+        response.raise_for_status()
+        data = await response.json()
+    items: list[dict[str, Any]] = data["actors"]
+    return items
+
+
+async def actors(request: web.Request) -> web.Response:
+    auth.require_admin(request)
+    if request.query.get("scope") == "local":
+        return _json({"actors": _local(request)})
+    pool = request.app[keys.POOL]
+    replica = request.app[keys.REPLICA]
+    async with pool.acquire() as conn:
+        peers = [row for row in await queries.fetch(conn, "list_replicas") if row["id"] != replica.id]
+    found = _local(request)
+    unreachable = []
+    async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
+        answers = await asyncio.gather(
+            *(_peer(session, row, request.headers["Authorization"]) for row in peers if row["http_port"]),
+            return_exceptions=True,
+        )
+    for row, answer in zip([row for row in peers if row["http_port"]], answers, strict=True):
+        if isinstance(answer, BaseException):
+            unreachable.append({"replica": str(row["id"]), "error": str(answer) or type(answer).__name__})
+        else:
+            found.extend(answer)
+    async with pool.acquire() as conn:
+        summaries = {
+            str(row["id"]): row
+            for row in await queries.fetch(conn, "actor_summaries", [item["server_id"] for item in found])
+        }
+    for item in found:
+        summary = summaries.get(item["server_id"])
+        if summary is not None:
+            item.update(
+                tenant=summary["tenant"],
+                name=summary["name"],
+                state=summary["state"],
+                desired_state=summary["desired_state"],
+                last_transition={"event": summary["last_event"], "at": summary["last_at"]},
+            )
+    found.sort(key=lambda item: item["server_id"])
+    return _json({"actors": found, "unreachable": unreachable})
+
+
+async def shards(request: web.Request) -> web.Response:
+    auth.require_admin(request)
+    async with request.app[keys.POOL].acquire() as conn:
+        leases = await queries.fetch(conn, "list_leases")
+        replicas = await queries.fetch(conn, "list_replicas")
+    lease_timeout = request.app[keys.REPLICA].settings.lease_timeout
+    return _json(
+        {
+            "shards": [
+                {
+                    "shard": row["shard"],
+                    "epoch": row["epoch"],
+                    "owner": row["owner"],
+                    "acquired_at": row["acquired_at"],
+                }
+                for row in leases
+            ],
+            "replicas": [
+                {
+                    "id": row["id"],
+                    "host": row["host"],
+                    "pid": row["pid"],
+                    "http_port": row["http_port"],
+                    "started_at": row["started_at"],
+                    "heartbeat_at": row["heartbeat_at"],
+                    "live": row["heartbeat_age"] < lease_timeout,
+                    "owned_shards": sum(1 for lease in leases if lease["owner"] == row["id"]),
+                }
+                for row in replicas
+            ],
+            "at": datetime.datetime.now(datetime.UTC),
+        }
+    )
