@@ -20,6 +20,7 @@ from storage import database, migrate
 from zlh_actors import config, errors, metrics
 from zlh_actors.api import app as api_app
 from zlh_actors.proxmox import driver as pve_driver
+from zlh_actors.proxmox import instrumented
 from zlh_actors.proxmox import settings as pve_settings
 from zlh_actors.runtime import ownership, replica
 from zlh_actors.servers import actor, agent_client, create, provisioning
@@ -111,13 +112,14 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             server_settings=ownership.session_settings(f"{ownership.POOL_APP}{replica_id}", leases),
         )
         stack.push_async_callback(pool.close)
-        driver = pve_driver.ProxmoxerDriver(proxmox_settings(settings))
-        stack.push_async_callback(driver.close)
+        counters = metrics.Metrics()
+        real_driver = pve_driver.ProxmoxerDriver(proxmox_settings(settings))
+        stack.push_async_callback(real_driver.close)
+        driver = instrumented.Instrumented(real_driver, counters)
         agents = agent_client.AgentClient(key, settings.agent_port)
         stack.push_async_callback(agents.close)
         callback_base = settings.callback_url or f"http://{settings.host}:{settings.port}"
         work = provisioning.Provisioning(pool, settings, driver, agents, callback_base=callback_base)
-        counters = metrics.Metrics()
         built = server_replica.build(
             url=url,
             pool=pool,
