@@ -110,6 +110,8 @@ class Lifecycle(StateChart[Any]):
     fail = (
         provisioning.to(failed.failed_provisioning)
         | starting.to(failed.failed_starting)
+        # The crash policy gave up restarting the game: a start that does not hold is a failed start.
+        | crashed.to(failed.failed_starting)
         | stopping.to(failed.failed_stopping)
         # Targetless: stay in the current deletion step. The library's stub for compound states
         # omits the `None` target its runtime accepts.

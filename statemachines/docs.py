@@ -61,7 +61,8 @@ without running any entry action.
   provisioning step is idempotent, so finished ones are re-checked cheaply), `starting` or
   `stopping`. It depends on the persisted string alone.
 - `restart` from `running` or `crashed` goes to `starting`: the actor asks the agent to restart the
-  game and waits for `ready`, as for any start.
+  game and waits for `ready`, as for any start. `fail` from `crashed` (the crash policy gave up
+  restarting the game) leads to `failed.starting`.
 - `lost` (the container vanished) is accepted wherever a container should exist, from
   `provisioning.configuring` on. `repaired` leads to `stopped`; `retry` re-provisions from
   `provisioning.cloning` as a new container generation.

@@ -331,3 +331,74 @@ SELECT s.id, s.tenant, s.name, s.state, s.desired_state, s.generation, j.event A
 FROM servers s
 LEFT JOIN LATERAL (SELECT event, at FROM journal WHERE server_id = s.id ORDER BY seq DESC LIMIT 1) j ON true
 WHERE s.id = ANY ($1::uuid[]);
+
+-- journal_horizon --
+-- The newest entry in the stream's order that no running transaction can still precede (none when empty). No parameters
+SELECT txid, position FROM journal
+WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid DESC, position DESC
+LIMIT 1;
+
+-- journal_committed_after --
+-- Every tenant's entries after a cursor in the stream's order, with the server's tenant; held marks entries not yet final (they sort after every final one). $1 cursor txid, $2 cursor position, $3 limit
+SELECT j.*, s.tenant, j.txid >= pg_snapshot_xmin(pg_current_snapshot()) AS held
+FROM journal j JOIN servers s ON s.id = j.server_id
+WHERE (j.txid, j.position) > ($1::xid8, $2::bigint)
+ORDER BY j.txid, j.position
+LIMIT $3;
+
+-- journal_replay --
+-- A tenant's entries (NULL: every tenant's) after one cursor up to a final one, in the stream's order. $1 after txid, $2 after position, $3 up-to txid, $4 up-to position, $5 tenant, $6 limit
+SELECT j.* FROM journal j JOIN servers s ON s.id = j.server_id
+WHERE (j.txid, j.position) > ($1::xid8, $2::bigint)
+  AND (j.txid, j.position) <= ($3::xid8, $4::bigint)
+  AND ($5::text IS NULL OR s.tenant = $5)
+ORDER BY j.txid, j.position
+LIMIT $6;
+
+-- count_journal_events_since --
+-- How many of a server's journal entries with this event are newer than a moment. $1 server_id, $2 event, $3 since (timestamptz)
+SELECT count(*) FROM journal WHERE server_id = $1 AND event = $2 AND at > $3;
+
+-- live_allocation_counts --
+-- How many reserved or in-use allocations of each kind a server holds. $1 server_id
+SELECT (SELECT count(*) FROM vmid_allocations WHERE server_id = $1 AND status IN ('reserved', 'in_use')) AS vmids,
+       (SELECT count(*) FROM ip_allocations WHERE server_id = $1 AND status IN ('reserved', 'in_use')) AS ips,
+       (SELECT count(*) FROM port_allocations WHERE server_id = $1 AND status IN ('reserved', 'in_use')) AS ports;
+
+-- reconcile_servers --
+-- The live servers of the given shards, as the reconciler compares them. $1 shard count, $2 shards (integer[])
+SELECT id, state, desired_state, node, vmid, host(ip) AS ip, generation, version FROM servers
+WHERE deleted_at IS NULL AND zlh_shard(id, $1) = ANY ($2::integer[])
+ORDER BY id;
+
+-- reconcile_servers_by_id --
+-- The given servers, live or deleted, as the reconciler compares them. $1 server ids (uuid[])
+SELECT id, state, desired_state, node, vmid, host(ip) AS ip, generation, version FROM servers
+WHERE id = ANY ($1::uuid[])
+ORDER BY id;
+
+-- live_vmids --
+-- The VMIDs of a range that have a live allocation, ours or foreign. $1 low, $2 high
+SELECT vmid FROM vmid_allocations WHERE status <> 'released' AND vmid BETWEEN $1 AND $2 ORDER BY vmid;
+
+-- has_queued_command --
+-- Whether a server has a queued command of this kind. $1 server_id, $2 kind
+SELECT EXISTS (SELECT 1 FROM commands WHERE server_id = $1 AND kind = $2 AND status = 'queued');
+
+-- insert_reconcile_report --
+-- Record one reconciliation pass. $1 replica_id, $2 trigger, $3 shards (integer[]), $4 started_at, $5 finished_at, $6 drifts (jsonb array), $7 error
+INSERT INTO reconcile_reports (replica_id, trigger, shards, started_at, finished_at, drifts, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *;
+
+-- latest_reconcile_reports --
+-- The newest reconciliation report of every registered replica. No parameters
+SELECT DISTINCT ON (r.replica_id) r.* FROM reconcile_reports r
+WHERE r.replica_id IN (SELECT id FROM replicas)
+ORDER BY r.replica_id, r.finished_at DESC, r.id DESC;
+
+-- prune_reconcile_reports --
+-- Forget reports that found nothing once older than $1, and every report once older than $2. $1 quiet age (interval), $2 any age (interval)
+DELETE FROM reconcile_reports
+WHERE finished_at < now() - $2::interval OR (drifts = '[]'::jsonb AND finished_at < now() - $1::interval);

@@ -350,3 +350,70 @@ CREATE TABLE agent_reports (
     detail text,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The stream's order of journal entries (0004_journal_notify; the argument is in docs/stream.md): the
+-- stream is ordered by (txid, position). A position is taken at insert and transactions commit in any
+-- order, so position alone cannot be a cursor; no entry whose txid is below the oldest running
+-- transaction (pg_snapshot_xmin) can appear any more, so the order is final below that horizon.
+-- txid is raised to the server's previous entry's when smaller, so each server's entries follow their
+-- seq. Both columns are set by the journal_order trigger, never by writers. The sequence's cache must
+-- stay 1: per-session caches would hand out positions out of the order of the inserts.
+CREATE SEQUENCE journal_position AS bigint;
+
+ALTER TABLE journal ADD COLUMN position bigint NOT NULL, ADD COLUMN txid xid8 NOT NULL;
+ALTER SEQUENCE journal_position OWNED BY journal.position;
+ALTER TABLE journal ADD CONSTRAINT journal_position_unique UNIQUE (position);
+CREATE INDEX journal_stream_order ON journal (txid, position);
+
+-- Takes the server's row lock first (as journal_append does), so the position is drawn after the
+-- previous entry of the server committed and is larger than its position.
+CREATE FUNCTION journal_assign_order() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM servers WHERE id = NEW.server_id FOR UPDATE;
+    NEW.position := nextval('journal_position');
+    NEW.txid := greatest(
+        pg_current_xact_id(),
+        (SELECT txid FROM journal WHERE server_id = NEW.server_id ORDER BY seq DESC LIMIT 1)
+    );
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER journal_order BEFORE INSERT ON journal
+    FOR EACH ROW EXECUTE FUNCTION journal_assign_order();
+
+-- Delivered at commit, never for a rolled-back entry. Listeners treat it as a wake-up and re-read
+-- the journal: the payload is for people reading the channel, not for ordering.
+CREATE FUNCTION journal_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('zlh_journal', json_build_object(
+        'position', NEW.position,
+        'txid', NEW.txid::text,
+        'server_id', NEW.server_id,
+        'tenant', (SELECT tenant FROM servers WHERE id = NEW.server_id)
+    )::text);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER journal_notify AFTER INSERT ON journal
+    FOR EACH ROW EXECUTE FUNCTION journal_notify();
+
+-- One row per pass of one replica over the shards it owned: what drifted and what was done about it.
+-- Repairs of a server are journaled by its actor; for what belongs to no live server (an orphan
+-- container destroyed, a VMID marked foreign) this is the only record.
+CREATE TABLE reconcile_reports (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    replica_id uuid NOT NULL,
+    trigger text NOT NULL CHECK (trigger IN ('periodic', 'on_demand')),
+    shards integer[] NOT NULL,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    drifts jsonb NOT NULL CHECK (jsonb_typeof(drifts) = 'array'),
+    error text,
+    CONSTRAINT reconcile_reports_finished_after_start CHECK (finished_at >= started_at)
+);
+
+CREATE INDEX reconcile_reports_newest ON reconcile_reports (replica_id, finished_at DESC);

@@ -45,6 +45,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -137,6 +144,11 @@ class Settings:
     idempotency_ttl: float = 86400.0
     lab_warmup: float = 1.0
     callback_url: str | None = None
+    reconcile_interval: float = 30.0
+    orphan_grace: float = 300.0
+    crash_restarts: int = 3
+    crash_window: float = 600.0
+    crash_backoff: float = 5.0
     env_file: Path | None = None
 
 
@@ -248,6 +260,41 @@ SETTINGS: tuple[Setting, ...] = (
         _http_url,
         None,
         "base URL agents post reports to (default http://ZLH_HOST:ZLH_PORT)",
+    ),
+    Setting(
+        "ZLH_RECONCILE_INTERVAL",
+        "reconcile_interval",
+        _seconds,
+        30.0,
+        "seconds between reconciliation passes over the shards a replica owns",
+    ),
+    Setting(
+        "ZLH_ORPHAN_GRACE",
+        "orphan_grace",
+        _seconds,
+        300.0,
+        "seconds a container of a deleted or unknown server is left alone before it is destroyed",
+    ),
+    Setting(
+        "ZLH_CRASH_RESTARTS",
+        "crash_restarts",
+        _count,
+        3,
+        "game crashes restarted within ZLH_CRASH_WINDOW; one more and the server fails",
+    ),
+    Setting(
+        "ZLH_CRASH_WINDOW",
+        "crash_window",
+        _seconds,
+        600.0,
+        "seconds over which game crashes are counted",
+    ),
+    Setting(
+        "ZLH_CRASH_BACKOFF",
+        "crash_backoff",
+        _seconds,
+        5.0,
+        "seconds before restarting a crashed game, doubled for each crash in the window",
     ),
     Setting("ZLH_ENV_FILE", "env_file", Path, None, "a KEY=value file of settings (the environment wins)"),
 )

@@ -19,9 +19,11 @@ from aiohttp import web
 from storage import database, migrate
 from zlh_actors import config, errors, metrics
 from zlh_actors.api import app as api_app
+from zlh_actors.api import stream
 from zlh_actors.proxmox import driver as pve_driver
 from zlh_actors.proxmox import instrumented
 from zlh_actors.proxmox import settings as pve_settings
+from zlh_actors.reconciler import loop as reconciler_loop
 from zlh_actors.runtime import ownership, replica
 from zlh_actors.servers import actor, agent_client, create, provisioning
 from zlh_actors.servers import replica as server_replica
@@ -34,6 +36,7 @@ class Service:
     settings: config.Settings
     replica: replica.Replica[actor.Wake]
     url: str
+    reconciler: reconciler_loop.Reconciler
 
 
 def proxmox_settings(settings: config.Settings) -> pve_settings.ProxmoxSettings:
@@ -131,6 +134,17 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             replica_id=replica_id,
         )
         observe(counters, built)
+        reconciler = reconciler_loop.Reconciler(
+            pool,
+            driver,
+            agents,
+            built,
+            reconciler_loop.Settings(
+                interval=settings.reconcile_interval,
+                orphan_grace=settings.orphan_grace,
+                vmid_range=settings.vmid_range,
+            ),
+        )
         app = api_app.make_app(
             api_app.Deps(
                 pool=pool,
@@ -138,6 +152,12 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                 placement=create.Placement(driver),
                 replica=built,
                 metrics=counters,
+                reconciler=reconciler,
+                stream=stream.Hub(
+                    url,
+                    pool,
+                    server_settings=ownership.session_settings(f"{stream.LISTEN_APP}{replica_id}", leases),
+                ),
             )
         )
         runner = web.AppRunner(app, access_log=None)
@@ -152,5 +172,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             ) from None
         await built.start()
         stack.push_async_callback(built.stop)
+        reconciler.start()
+        stack.push_async_callback(reconciler.stop)
         log.info("replica %s serving on http://%s:%s", replica_id, settings.host, settings.port)
-        yield Service(settings=settings, replica=built, url=url)
+        yield Service(settings=settings, replica=built, url=url, reconciler=reconciler)

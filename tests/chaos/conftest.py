@@ -1,11 +1,12 @@
 """Fixtures for chaos tests: several real `server.py` replicas on one database and one lab.
 
 `Deployment` starts replicas as processes (each logging to a file under tmp_path), learns their
-replica ids from the `replicas` table, reads the shard leases and each replica's `/metrics`, and
-runs a `LeaseSampler` from the first replica on: a background task that snapshots `pg_locks` and
-`shard_leases` every 50 ms, so a test can assert that no shard ever had two holders, however briefly.
-The fixture's teardown ends every process it started (SIGCONT before SIGTERM, SIGKILL as a last
-resort), whatever state the test left it in.
+replica ids from the `replicas` table, reads shard leases, server states and each replica's
+`/metrics`. From its first replica on it runs a `LeaseSampler`, a background task that snapshots
+`pg_locks` and `shard_leases` every 50 ms, so a test can assert that no shard ever had two lock
+holders and no lease ever changed hands without a new epoch, however briefly. The fixture's teardown
+ends every process it started (SIGCONT before SIGTERM, SIGKILL as a last resort), whatever state the
+test left it in.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from zlh_actors.lab import world
 from zlh_actors.runtime import ownership, shards
 
 SHARDS = 8  # what harness.environment_for configures
-LEASE_TIMEOUT = 1.5
 SAMPLE_INTERVAL = 0.05
+# How long a lease row and the lock may legitimately disagree: between taking a shard's lock and
+# recording the new epoch (which waits up to lock_timeout, 1 s, for writes in flight), and between a
+# reconnect and re-taking the shards. Longer means the lock no longer guards the lease.
+DISAGREEMENT_LIMIT = 2.5
 
 # One snapshot: every shard's lease row, and the sessions holding its advisory lock in this database.
 SNAPSHOT = """
@@ -42,7 +46,9 @@ WITH held AS (
       AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 )
 SELECT l.shard, l.epoch, l.owner,
-       coalesce((SELECT array_agg(h.app ORDER BY h.pid) FROM held h WHERE h.shard = l.shard), '{}') AS holders
+       coalesce((SELECT array_agg(h.app ORDER BY h.pid) FROM held h WHERE h.shard = l.shard), '{}')
+           AS holders,
+       EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = $2 || l.owner::text) AS owner_live
 FROM shard_leases l ORDER BY l.shard
 """
 
@@ -53,20 +59,34 @@ class Lease:
     owner: uuid.UUID | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A lease row as the sampler first saw it."""
+
+    at: float  # time.monotonic()
+    shard: int
+    epoch: int
+    owner: uuid.UUID | None
+
+
 class LeaseSampler:
     """Snapshots lock holders and lease rows every `SAMPLE_INTERVAL` and records every violation.
 
-    Violations: a shard whose advisory lock is granted to more than one session; a lock held by a
-    session that is not a lease connection (a pooled connection would drop it on release); a
-    shard's epoch going down; a shard passing from one owner to another without a new epoch.
+    Violations: a shard whose advisory lock is granted to more than one session; a shard lock held
+    by a session that is not a lease connection (a pooled one would drop it on release); a shard's
+    epoch going down; a shard passing from one owner to another without a new epoch; a lease row
+    and the lock disagreeing (the lock held by another replica than the recorded owner, or a live
+    owner not holding it) for longer than `DISAGREEMENT_LIMIT`.
     """
 
     def __init__(self, url: str) -> None:
         self._url = url
         self.samples = 0
         self.violations: list[str] = []
-        self.changes: list[tuple[float, int, int, uuid.UUID | None]] = []  # (time, shard, epoch, owner)
+        self.changes: list[Change] = []
         self._last: dict[int, Lease] = {}
+        self._last_owned: dict[int, Lease] = {}
+        self._disagreeing: dict[int, float] = {}  # shard -> since when (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -82,7 +102,7 @@ class LeaseSampler:
             await conn.close()
 
     async def _sample(self, conn: database.Connection) -> None:
-        rows = await conn.fetch(SNAPSHOT, shards.LOCK_NAMESPACE)
+        rows = await conn.fetch(SNAPSHOT, shards.LOCK_NAMESPACE, ownership.LEASE_APP)
         now = time.monotonic()
         self.samples += 1
         for row in rows:
@@ -90,37 +110,59 @@ class LeaseSampler:
             lease = Lease(row["epoch"], row["owner"])
             if len(holders) > 1:
                 self.violations.append(f"shard {shard} locked by {len(holders)} sessions at once: {holders}")
-            for app in holders:
-                if not app.startswith(ownership.LEASE_APP):
-                    self.violations.append(f"shard {shard} locked by a session that is not a lease connection: {app}")
+            self.violations.extend(
+                f"shard {shard} locked by a session that is not a lease connection: {app}"
+                for app in holders
+                if not app.startswith(ownership.LEASE_APP)
+            )
             before = self._last.get(shard)
-            if before is not None:
-                if lease.epoch < before.epoch:
-                    self.violations.append(f"shard {shard} epoch went down: {before.epoch} -> {lease.epoch}")
-                if (
-                    before.owner is not None
-                    and lease.owner is not None
-                    and lease.owner != before.owner
-                    and lease.epoch <= before.epoch
-                ):
-                    self.violations.append(
-                        f"shard {shard} passed from {before.owner} to {lease.owner} under epoch {lease.epoch}"
-                    )
+            if before is not None and lease.epoch < before.epoch:
+                self.violations.append(f"shard {shard}: epoch went down, {before.epoch} -> {lease.epoch}")
+            # Compared with the last owner seen, not the last row: a release leaves the owner empty
+            # and the epoch as it was, and the next owner must still bump it.
+            previous = self._last_owned.get(shard)
+            if (
+                lease.owner is not None
+                and previous is not None
+                and lease.owner != previous.owner
+                and lease.epoch <= previous.epoch
+            ):
+                self.violations.append(
+                    f"shard {shard} passed from {previous.owner} to {lease.owner} under epoch {lease.epoch}"
+                )
             if before != lease:
-                self.changes.append((now, shard, lease.epoch, lease.owner))
+                self.changes.append(Change(now, shard, lease.epoch, lease.owner))
             self._last[shard] = lease
+            if lease.owner is not None:
+                self._last_owned[shard] = lease
+            self._agreement(now, shard, lease, holders, row["owner_live"])
+
+    def _agreement(self, now: float, shard: int, lease: Lease, holders: list[str], owner_live: bool) -> None:
+        expected = [f"{ownership.LEASE_APP}{lease.owner}"] if lease.owner is not None and owner_live else []
+        if holders == expected:
+            self._disagreeing.pop(shard, None)
+            return
+        since = self._disagreeing.setdefault(shard, now)
+        if since <= now - DISAGREEMENT_LIMIT:
+            self.violations.append(
+                f"shard {shard}: lease {lease} (owner live: {owner_live}) but lock held by {holders} "
+                f"for {now - since:.1f}s"
+            )
+            self._disagreeing[shard] = now  # one report per DISAGREEMENT_LIMIT
+
+    def owners_seen(self) -> set[uuid.UUID]:
+        return {change.owner for change in self.changes if change.owner is not None}
 
     async def stop(self) -> None:
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
 
     def assert_clean(self, *, min_samples: int) -> None:
-        assert self._task is None or not self._task.done() or self._task.cancelled(), "sampler died"
-        if self._task is not None and self._task.done() and not self._task.cancelled():
-            raise AssertionError(f"the lease sampler failed: {self._task.exception()!r}")
+        assert self._task is not None, "the lease sampler never started"
+        if self._task.done():
+            raise AssertionError(f"the lease sampler died: {self._task.exception()!r}")
         assert self.samples >= min_samples, f"only {self.samples} lock snapshots were taken"
         assert self.violations == [], "\n".join(self.violations[:20])
 
@@ -148,18 +190,25 @@ class Replica:
     def signal(self, signum: signal.Signals) -> None:
         self.process.signal(signum)
 
-    def tail(self, chars: int = 4000) -> str:
-        try:
-            text = self.process.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"<no log: {exc}>"
-        return f"--- {self.name} (pid {self.pid}, port {self.process.port}) log tail ---\n{text[-chars:]}"
+    def stopped_by_signal(self) -> bool:
+        """The process is in state T (stopped), as after SIGSTOP."""
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            return stat.rpartition(")")[2].split()[0] == "T"
+        return False
 
     def log(self) -> str:
         return self.process.log_path.read_text(errors="replace")
 
+    def tail(self, chars: int = 4000) -> str:
+        try:
+            text = self.log()
+        except OSError as exc:
+            text = f"<no log: {exc}>"
+        return f"--- {self.name} (pid {self.pid}, port {self.process.port}) log tail ---\n{text[-chars:]}"
+
     async def metrics(self) -> dict[str, float]:
-        """The replica's gauges and counters without labels, by name."""
+        """The replica's unlabelled samples, by name."""
         async with self._http.get(f"{self.url}/metrics") as response:
             assert response.status == 200, f"{self.name} /metrics: {response.status}"
             text = await response.text()
@@ -175,13 +224,15 @@ class Replica:
 
     async def close(self) -> None:
         await self._http.close()
-        await self.process.close()
+        await self.process.close()  # SIGCONT, SIGTERM, and SIGKILL if it does not exit in 30 s
 
 
 class Deployment:
     """Replicas (real processes) sharing one database and one lab."""
 
-    def __init__(self, lab: world.Lab, url: str, pool: asyncpg.Pool, logs: Path, tokens: dict[str, str]) -> None:
+    def __init__(
+        self, lab: world.Lab, url: str, pool: asyncpg.Pool, logs: Path, tokens: dict[str, str]
+    ) -> None:
         self.lab = lab
         self.url = url
         self.pool = pool
@@ -205,7 +256,6 @@ class Deployment:
             started.append(replica)
         for replica in started:
             await replica.process.ready(timeout=60)
-        for replica in started:
             replica.id = await self._registered(replica)
         return started
 
@@ -224,13 +274,15 @@ class Deployment:
         return found[0]
 
     def control(self, *via: Replica) -> harness.Control:
-        """An HTTP client that talks to the given replicas (round robin by the `replica` argument)."""
+        """An HTTP client of the given replicas (closed by the fixture)."""
         client = harness.Control([replica.url for replica in via], self.tokens, self.lab, self.pool)
         self._controls.append(client)
         return client
 
-    def by_id(self, replica_id: uuid.UUID | None) -> Replica | None:
-        return next((replica for replica in self.replicas if replica.id == replica_id), None)
+    def by_id(self, replica_id: uuid.UUID | None) -> Replica:
+        found = [replica for replica in self.replicas if replica.id == replica_id]
+        assert found, f"no replica of this deployment has id {replica_id}"
+        return found[0]
 
     async def leases(self) -> dict[int, Lease]:
         rows = await self.pool.fetch("SELECT shard, epoch, owner FROM shard_leases ORDER BY shard")
@@ -238,24 +290,14 @@ class Deployment:
 
     async def owned_by(self, replica: Replica) -> dict[int, int]:
         """shard -> epoch of the leases recorded for `replica`."""
-        return {shard: lease.epoch for shard, lease in (await self.leases()).items() if lease.owner == replica.id}
+        return {
+            shard: lease.epoch for shard, lease in (await self.leases()).items() if lease.owner == replica.id
+        }
 
     async def states(self) -> dict[uuid.UUID, tuple[str, int]]:
         """server id -> (state, shard) for every server."""
         rows = await self.pool.fetch("SELECT id, state, zlh_shard(id, $1) AS shard FROM servers", SHARDS)
         return {row["id"]: (row["state"], row["shard"]) for row in rows}
-
-    async def journal_epochs(self) -> dict[uuid.UUID, list[tuple[int, int, str, str]]]:
-        """server id -> [(seq, epoch, event, to_state)] in seq order (entries written by actors)."""
-        rows = await self.pool.fetch(
-            "SELECT server_id, seq, epoch, event, to_state FROM journal ORDER BY server_id, seq"
-        )
-        found: dict[uuid.UUID, list[tuple[int, int, str, str]]] = {}
-        for row in rows:
-            found.setdefault(row["server_id"], []).append(
-                (row["seq"], row["epoch"], row["event"], row["to_state"])
-            )
-        return found
 
     def tails(self, chars: int = 2500) -> str:
         return "\n".join(replica.tail(chars) for replica in self.replicas)
@@ -264,13 +306,12 @@ class Deployment:
         await self.sampler.stop()
         for client in self._controls:
             await client.close()
-        # Frozen replicas first get SIGCONT (ReplicaProcess.close), then SIGTERM; all at once.
         await asyncio.gather(*(replica.close() for replica in self.replicas), return_exceptions=True)
 
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[world.Lab]:
-    async with world.Lab(tmp_path / "lab", time_scale=0.02, warmup=0.3) as running:
+    async with world.Lab(tmp_path / "lab", time_scale=0.02, warmup=0.3, subnet=harness.subnet()) as running:
         yield running
 
 

@@ -48,3 +48,20 @@ async def test_actors_and_shards_are_gathered_from_every_replica(
         _, shards, _ = await control.call("GET", "/admin/v1/shards", who="admin")
         assert len(shards["shards"]) == 8
         assert all(lease["owner"] is not None for lease in shards["shards"])
+
+
+async def test_reconcile_now_and_the_drift_report(control: harness.Control) -> None:
+    server = await control.create("drifter")
+    await control.wait_state(server["id"], "running")
+    status, body, _ = await control.call("POST", "/admin/v1/reconcile", who="alpha")
+    assert status == 403
+    await control.lab.stop_container(server["vmid"])
+    status, body, _ = await control.call("POST", "/admin/v1/reconcile", who="admin")
+    assert status == 200, body
+    assert body["unreachable"] == []
+    kinds = [entry["kind"] for report in body["reports"] for entry in report["drifts"]]
+    assert "power" in kinds, body
+    status, drift, _ = await control.call("GET", "/admin/v1/drift", who="admin")
+    assert status == 200
+    assert any(entry["kind"] == "power" for report in drift["reports"] for entry in report["drifts"])
+    await control.wait_state(server["id"], "running")

@@ -1,4 +1,4 @@
-"""Admin views (admin tokens only): resident actors cluster-wide, shard ownership, replicas.
+"""Admin views (admin tokens only): resident actors cluster-wide, shards and replicas, drift.
 
 Actors live in the memory of whichever replica owns their shard, so `GET /admin/v1/actors` asks
 every registered replica for its own (`?scope=local`, with the caller's admin token) and joins what
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from storage import queries
 from zlh_actors.api import auth, keys
+from zlh_actors.reconciler import reports
 
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=3)
 
@@ -48,36 +49,42 @@ def _local(request: web.Request) -> list[dict[str, Any]]:
     return out
 
 
-async def _peer(session: aiohttp.ClientSession, row: Any, authorization: str) -> list[dict[str, Any]]:
-    url = f"http://{row['host']}:{row['http_port']}/admin/v1/actors?scope=local"
-    async with session.get(url, headers={"Authorization": authorization}) as response:
-        response.raise_for_status()
-        data = await response.json()
-    items: list[dict[str, Any]] = data["actors"]
-    return items
+async def _fan_out(request: web.Request, method: str, path: str) -> tuple[list[Any], list[dict[str, str]]]:
+    """Ask every other registered replica for `path?scope=local` with the caller's admin token."""
+    pool = request.app[keys.POOL]
+    me = request.app[keys.REPLICA].id
+    async with pool.acquire() as conn:
+        peers = [
+            row for row in await queries.fetch(conn, "list_replicas") if row["id"] != me and row["http_port"]
+        ]
+
+    async def ask(session: aiohttp.ClientSession, row: Any) -> Any:
+        url = f"http://{row['host']}:{row['http_port']}{path}?scope=local"
+        headers = {"Authorization": request.headers["Authorization"]}
+        async with session.request(method, url, headers=headers) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
+        answers = await asyncio.gather(*(ask(session, row) for row in peers), return_exceptions=True)
+    found, unreachable = [], []
+    for row, answer in zip(peers, answers, strict=True):
+        if isinstance(answer, BaseException):
+            unreachable.append({"replica": str(row["id"]), "error": str(answer) or type(answer).__name__})
+        else:
+            found.append(answer)
+    return found, unreachable
 
 
 async def actors(request: web.Request) -> web.Response:
     auth.require_admin(request)
     if request.query.get("scope") == "local":
         return _json({"actors": _local(request)})
-    pool = request.app[keys.POOL]
-    replica = request.app[keys.REPLICA]
-    async with pool.acquire() as conn:
-        peers = [row for row in await queries.fetch(conn, "list_replicas") if row["id"] != replica.id]
     found = _local(request)
-    unreachable = []
-    async with aiohttp.ClientSession(timeout=PEER_TIMEOUT) as session:
-        answers = await asyncio.gather(
-            *(_peer(session, row, request.headers["Authorization"]) for row in peers if row["http_port"]),
-            return_exceptions=True,
-        )
-    for row, answer in zip([row for row in peers if row["http_port"]], answers, strict=True):
-        if isinstance(answer, BaseException):
-            unreachable.append({"replica": str(row["id"]), "error": str(answer) or type(answer).__name__})
-        else:
-            found.extend(answer)
-    async with pool.acquire() as conn:
+    answers, unreachable = await _fan_out(request, "GET", "/admin/v1/actors")
+    for answer in answers:
+        found.extend(answer["actors"])
+    async with request.app[keys.POOL].acquire() as conn:
         summaries = {
             str(row["id"]): row
             for row in await queries.fetch(conn, "actor_summaries", [item["server_id"] for item in found])
@@ -94,6 +101,23 @@ async def actors(request: web.Request) -> web.Response:
             )
     found.sort(key=lambda item: item["server_id"])
     return _json({"actors": found, "unreachable": unreachable})
+
+
+async def drift(request: web.Request) -> web.Response:
+    """The newest reconciliation report of every replica (each covers the shards it owned)."""
+    auth.require_admin(request)
+    latest = await reports.latest(request.app[keys.POOL])
+    return _json({"reports": [report.to_wire() for report in latest]})
+
+
+async def reconcile(request: web.Request) -> web.Response:
+    """Run a reconciliation now on every replica (each over its own shards) and return the reports."""
+    auth.require_admin(request)
+    local = (await request.app[keys.RECONCILER].run_now()).to_wire()
+    if request.query.get("scope") == "local":
+        return _json(local)
+    answers, unreachable = await _fan_out(request, "POST", "/admin/v1/reconcile")
+    return _json({"reports": [local, *answers], "unreachable": unreachable})
 
 
 async def shards(request: web.Request) -> web.Response:

@@ -8,7 +8,8 @@ import asyncpg
 from aiohttp import web
 
 from zlh_actors import config, metrics
-from zlh_actors.api import admin, agent_callbacks, auth, health, keys, problems, servers
+from zlh_actors.api import admin, agent_callbacks, auth, health, keys, problems, servers, stream
+from zlh_actors.reconciler import loop
 from zlh_actors.runtime import replica
 from zlh_actors.servers import actor, create
 
@@ -22,6 +23,8 @@ class Deps:
     placement: create.Placement
     replica: replica.Replica[actor.Wake]
     metrics: metrics.Metrics
+    reconciler: loop.Reconciler
+    stream: stream.Hub
 
 
 def make_app(deps: Deps) -> web.Application:
@@ -32,6 +35,11 @@ def make_app(deps: Deps) -> web.Application:
     app[keys.INBOX] = deps.replica.inbox
     app[keys.REPLICA] = deps.replica
     app[keys.METRICS] = deps.metrics
+    app[keys.RECONCILER] = deps.reconciler
+    app[keys.STREAM] = deps.stream
+    app[keys.SOCKETS] = {}
+    app.cleanup_ctx.append(stream.hub_context)
+    app.on_shutdown.append(stream.close_sockets)
     app.add_routes(
         [
             web.get("/healthz", health.healthz),
@@ -44,9 +52,12 @@ def make_app(deps: Deps) -> web.Application:
             web.post("/v1/servers/{server_id}/{action}", servers.server_action),
             web.get("/v1/servers/{server_id}/events", servers.server_events),
             web.get("/v1/servers/{server_id}/commands/{command_id}", servers.get_command),
+            web.get(stream.PATH, stream.handler),
             web.post("/agent/v1/servers/{server_id}/status", agent_callbacks.report_status),
             web.get("/admin/v1/actors", admin.actors),
             web.get("/admin/v1/shards", admin.shards),
+            web.get("/admin/v1/drift", admin.drift),
+            web.post("/admin/v1/reconcile", admin.reconcile),
         ]
     )
     return app

@@ -16,6 +16,7 @@ from zlh_actors import errors
 from zlh_actors.api import keys, problems
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+STREAM_PATH = "/v1/stream"  # may authenticate with its first message instead of the header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,8 @@ async def middleware(request: web.Request, handler: problems.Handler) -> web.Str
         return await handler(request)
     secret = bearer(request)
     if secret is None:
+        if request.path == STREAM_PATH:
+            return await handler(request)  # browsers cannot set WebSocket headers: it authenticates itself
         raise errors.Unauthorized("missing bearer token")
     async with request.app[keys.POOL].acquire() as conn:
         token = await tokens.authenticate(conn, secret)

@@ -250,6 +250,26 @@ class ProxmoxerDriver:
             )
         return sorted(out, key=lambda owned: owned.vmid)
 
+    async def list_guests(self) -> list[protocol.GuestSummary]:
+        out = []
+        for entry in await guests.resources(self._client):
+            if entry.get("type") not in ("lxc", "qemu"):
+                continue
+            owner = marks.from_tags(entry.get("tags"))
+            out.append(
+                protocol.GuestSummary(
+                    node=str(entry.get("node")),
+                    vmid=Vmid(int(entry["vmid"])),
+                    kind=str(entry["type"]),
+                    status=guests.power(entry.get("status")),
+                    template=guests.flag(entry.get("template")),
+                    tagged=marks.carries_tag(entry.get("tags")),
+                    server_id=owner.server_id if owner else None,
+                    generation=owner.generation if owner else None,
+                )
+            )
+        return sorted(out, key=lambda guest: guest.vmid)
+
     async def wait_task(self, upid: str, deadline: float) -> protocol.TaskResult:
         return await tasks.wait(self._client, upid, deadline)
 

@@ -60,6 +60,9 @@ class Instrumented:
     async def list_owned(self) -> list[protocol.OwnedContainer]:
         return await self._timed("list_owned", self._inner.list_owned)
 
+    async def list_guests(self) -> list[protocol.GuestSummary]:
+        return await self._timed("list_guests", self._inner.list_guests)
+
     async def wait_task(self, upid: str, deadline: float) -> protocol.TaskResult:
         return await self._timed("wait_task", lambda: self._inner.wait_task(upid, deadline))
 

@@ -158,6 +158,30 @@ class OwnedContainer:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuestSummary:
+    """Any guest of the cluster (ours or not, container or VM), as `list_guests` reports it.
+
+    Attributes:
+        node, vmid: where it is.
+        kind: "lxc" or "qemu".
+        status: its power state (UNKNOWN when its node is offline).
+        template: whether it is a template.
+        tagged: whether it carries the `zlh` tag (a claim to be ours, to be checked against the
+            description before anything is changed).
+        server_id, generation: parsed from its tags; None when untagged or the tags are incomplete.
+    """
+
+    node: str
+    vmid: Vmid
+    kind: str
+    status: PowerState
+    template: bool
+    tagged: bool
+    server_id: uuid.UUID | None
+    generation: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskResult:
     """A task that ended well.
 
@@ -228,6 +252,11 @@ class ProxmoxDriver(Protocol):
 
     async def list_owned(self) -> list[OwnedContainer]:
         """Every container carrying the `zlh` tag, across the cluster."""
+        ...
+
+    async def list_guests(self) -> list[GuestSummary]:
+        """Every guest of the cluster, tagged or not, templates included (read-only: the reconciler
+        looks for strangers in the VMID range)."""
         ...
 
     async def wait_task(self, upid: str, deadline: float) -> TaskResult:

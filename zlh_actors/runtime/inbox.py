@@ -91,6 +91,7 @@ class Inbox:
                 errors.ZlhError,
                 asyncpg.PostgresError,
                 asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # session ended while this process was stopped (SIGSTOP)
                 OSError,
                 TimeoutError,
             ) as exc:

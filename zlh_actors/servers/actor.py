@@ -8,10 +8,17 @@ run does, in order:
    event goes through the chart; allowed, the state changes, the journal records it with the
    command id and the lease epoch, and the command is `accepted`; refused, it is `rejected` with
    the state and the events the state allows. Outcome, state and journal commit together.
-2. at rest (running, stopped, crashed, failed, lost, deleted): accepted commands become `done`.
+2. at rest (running, stopped, failed, deleted), or when the current state's work says there is
+   nothing left to do: accepted commands become `done`.
 3. otherwise the work of the current state, through `Effects.perform`, then the event it reports,
    in a fenced transaction; repeated until the server rests or waits. A state held past its
-   deadline fails with the step named in `last_error`.
+   deadline fails with the step named in `last_error`. `crashed` and `lost` have work too when the
+   server should run (the crash policy; re-provisioning as a new generation), so they are not rest
+   states: a new owner after a failover resumes them like any step.
+
+Drifts found by the reconciler arrive as `drift` commands (`reconciler.repairs`): applied only if
+the server is still the row the reconciler observed (same version), as the chart events that repair
+it, each journaled with the reason.
 
 Every write is fenced by the shard lease (`fencing.transaction`): if another replica took the shard,
 the write raises `OwnershipLost` and the actor stops without retrying.
@@ -30,8 +37,9 @@ from typing import Protocol
 import asyncpg
 
 from statemachines import lifecycle
-from storage import commands, database, journal, servers
+from storage import allocations, commands, database, journal, servers
 from zlh_actors import errors
+from zlh_actors.reconciler import repairs
 from zlh_actors.runtime import fencing
 from zlh_actors.servers import effects
 
@@ -66,21 +74,32 @@ DESIRED_STATES = {
 
 # States in which the actor has nothing to do until something (a command, a report, the reconciler)
 # arrives. Every other state is work in progress, resumed by whichever replica owns the server.
+# `crashed` and `lost` are not among them: while the server should run, the crash policy restarts
+# the game and a lost container is re-provisioned, and that work must survive a failover.
 REST_STATES = frozenset(
     {
         "running",
         "stopped",
-        "crashed",
         "failed.provisioning",
         "failed.starting",
         "failed.stopping",
-        "lost",
         "deleted",
     }
 )
 
 # A safety bound on steps per wake-up, so a misbehaving effect cannot spin a handler forever.
 MAX_STEPS_PER_WAKE = 32
+
+
+async def _leaving(conn: database.Conn, server: servers.Server, event: str) -> None:
+    """Writes that go with leaving the server's state by `event`, in the same transaction.
+
+    `retry` from `lost` re-provisions as a new generation: what the lost container held is released
+    here, whoever sent the retry, so the cloning step finds no live allocation and places the new
+    generation afresh (the `lost` step releases them too, but a retry may come before it runs).
+    """
+    if server.state == "lost" and event == "retry":
+        await allocations.move(conn, server.id, allocations.LIVE, "released")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +164,8 @@ class ServerHandler:
                         server = await servers.set_last_error(
                             conn, await servers.get(conn, server_id), step.last_error
                         )
+                if step.retry_after is None:
+                    await self._finish_commands(server, writes)  # nothing left to do: at rest
                 self._wake_later(server_id, step.retry_after)
                 return server.state
             server = await self._apply_event(server_id, lease, writes, step)
@@ -178,6 +199,8 @@ class ServerHandler:
     ) -> servers.Server:
         if command.kind == "report":
             return await self._apply_report(conn, server, command, lease)
+        if command.kind == repairs.COMMAND_KIND:
+            return await self._apply_drift(conn, server, command, lease)
         event = COMMAND_EVENTS.get(command.kind)
         try:
             if event is None:
@@ -198,6 +221,7 @@ class ServerHandler:
                 "server %s: command %s (%s) rejected in %s", server.id, command.id, command.kind, server.state
             )
             return server
+        await _leaving(conn, server, event)
         server = await servers.transition(
             conn, server, target, event, command_id=command.id, epoch=lease.epoch, last_error=None
         )
@@ -232,6 +256,50 @@ class ServerHandler:
         log.info("server %s: agent reported %s -> %s", server.id, reported, server.state)
         return server
 
+    async def _apply_drift(
+        self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
+    ) -> servers.Server:
+        """Repair a drift the reconciler observed, if the server is still the row it observed."""
+        try:
+            drift = repairs.parse(command.payload)
+        except errors.InvalidData as exc:
+            await commands.settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
+            return server
+        if (drift["version"], drift["generation"]) != (server.version, server.generation):
+            await commands.settle(
+                conn,
+                command,
+                "rejected",
+                {"reason": "stale: the server changed since the reconciler looked", "state": server.state},
+            )
+            log.info("server %s: %s drift no longer applies (version moved on)", server.id, drift["kind"])
+            return server
+        events = repairs.events(drift["kind"], server.state, server.desired_state, drift["observed"])
+        path = [server.state]
+        try:
+            if not events:
+                raise errors.InvalidTransition("this drift calls for nothing here", state=server.state)
+            for event in events:
+                path.append(lifecycle.apply(path[-1], event))
+        except errors.InvalidTransition as exc:
+            await commands.settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
+            return server
+        detail = f"reconciler: {drift['kind']}: {drift['reason']}"
+        for event, target in zip(events, path[1:], strict=True):
+            server = await servers.transition(
+                conn,
+                server,
+                target,
+                event,
+                command_id=command.id,
+                epoch=lease.epoch,
+                last_error=drift["reason"],
+                detail=detail,
+            )
+        await commands.settle(conn, command, "accepted", {"state": server.state, "events": events})
+        log.warning("server %s: %s drift (%s) -> %s", server.id, drift["kind"], drift["reason"], server.state)
+        return server
+
     async def _apply_event(
         self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites, step: effects.Step
     ) -> servers.Server:
@@ -244,6 +312,7 @@ class ServerHandler:
                 # The state moved on (a command won the race): the step's news is stale.
                 log.info("server %s: %s no longer applies in %s", server_id, step.event, server.state)
                 return server
+            await _leaving(conn, server, step.event)
             server = await servers.transition(
                 conn,
                 server,

@@ -9,6 +9,16 @@ destroyed container counts as destroyed.
 Readiness never consults DNS: the agent and the game are reached at the IP the database allocated,
 and `running` needs both the agent's `ready` report (newer than the moment the server entered
 `starting`) and a Server List Ping from here that answers with `players.max > 0`.
+
+Two states have work only while the server should run:
+
+- `lost` (its container vanished): what the container held (VMID, IP, port, agent tokens) is
+  released; if the server should run, `retry` re-provisions it. The cloning step then finds the
+  server holding no VMID and places a new generation: a fresh VMID, IP and port on the same node,
+  the generation one higher (the new container's marks carry it; the old agent's token is revoked).
+- `crashed` (the crash policy): the game is restarted after `ZLH_CRASH_BACKOFF` seconds, doubled
+  for each crash within `ZLH_CRASH_WINDOW` (counted from the journal, so a failover keeps the count);
+  a crash beyond `ZLH_CRASH_RESTARTS` in the window fails the server, with the count in `last_error`.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from typing import Any
 import asyncpg
 from mcstatus import JavaServer
 
-from storage import agents, allocations, journal, launchers, servers
+from storage import agents, allocations, journal, launchers, queries, servers
 from zlh_actors import config, errors
 from zlh_actors.agent import manifest, wire
 from zlh_actors.proxmox import errors as pve_errors
@@ -79,6 +89,8 @@ class Provisioning:
             return self._settings.install_timeout
         if state == "requested" or state.startswith("deleting."):
             return None  # deleting retries until it is done: a server can always be terminated
+        if state in ("lost", "crashed"):
+            return None  # waiting there is a decision (desired stopped, a backoff), not a stuck step
         return self._settings.step_timeout
 
     async def perform(self, server: servers.Server, writes: effects.Writes) -> Step:
@@ -165,7 +177,56 @@ class Provisioning:
 
     # --- provisioning -------------------------------------------------------------------------
 
+    async def _new_generation(self, server: servers.Server, writes: effects.Writes) -> servers.Server:
+        """Place the server afresh if it holds no VMID (its container was lost); else return it as it is."""
+        async with self._pool.acquire() as conn:
+            held = await queries.fetchrow(conn, "live_allocation_counts", server.id)
+        if held is not None and held["vmids"]:
+            return server  # the common case, without taking the allocation lock
+        async with writes.transaction() as conn:
+            await allocations.lock(conn)
+            current = await servers.get(conn, server.id)
+            held = await queries.fetchrow(conn, "live_allocation_counts", server.id)
+            assert held is not None
+            if held["vmids"]:
+                return current
+            assert current.node is not None
+            low, high = self._settings.vmid_range
+            vmid = (await allocations.allocate_vmid(conn, server.id, low, high)).vmid
+            ip = str(current.ip)
+            if not held["ips"]:
+                gateway = [self._settings.ip_gateway] if self._settings.ip_gateway else []
+                ip = str(
+                    (await allocations.allocate_ip(conn, server.id, self._settings.ip_subnet, gateway)).ip
+                )
+            port = current.game_port or 0
+            if not held["ports"]:
+                port = (
+                    await allocations.allocate_port(conn, server.id, current.node, *self._settings.game_ports)
+                ).port
+            await agents.revoke_tokens(conn, server.id)
+            placed = await servers.set_placement(
+                conn,
+                current,
+                node=current.node,
+                vmid=vmid,
+                ip=ip,
+                game_port=port,
+                generation=current.generation + 1,
+            )
+        log.warning(
+            "server %s: generation %s replaces the lost container %s: VMID %s, %s:%s",
+            server.id,
+            placed.generation,
+            server.vmid,
+            vmid,
+            ip,
+            port,
+        )
+        return placed
+
     async def _cloning(self, server: servers.Server, writes: effects.Writes) -> Step:
+        server = await self._new_generation(server, writes)
         try:
             outcome = await self._driver.ensure_container(self._spec(server))
         except pve_errors.VmidTaken:
@@ -188,7 +249,11 @@ class Provisioning:
                 "server %s: VMID %s is taken by a stranger; moved to %s", server.id, server.vmid, fresh.vmid
             )
             return Step(retry_after=0)
-        return Step(event="cloned", detail=f"container {server.vmid} on {server.node}: {outcome.value}")
+        return Step(
+            event="cloned",
+            detail=f"container {server.vmid} on {server.node} (generation {server.generation}): "
+            f"{outcome.value}",
+        )
 
     async def _configuring(self, server: servers.Server, writes: effects.Writes) -> Step:
         async with writes.transaction() as conn:
@@ -248,6 +313,10 @@ class Provisioning:
         if progress is None or progress.entered_at != entered:
             progress = self._starting[server.id] = _Starting(entered, restart=event == "restart")
         ip = self._ip(server)
+        if progress.asked and await self._game_idle(server):
+            # Asked, yet nothing is starting: the agent restarted since (a new process knows nothing of
+            # the request; a container restarted behind our back does this) or its game was stopped.
+            progress.asked = False
         if not progress.asked:
             await self._driver.start(self._ref(server))  # idempotent: a stopped server's container boots
             status = await self._agent.status(ip)
@@ -265,6 +334,16 @@ class Provisioning:
                 self._starting.pop(server.id, None)
                 return Step(event="ready", detail="agent ready and Server List Ping answered")
         return Step(retry_after=POLL)
+
+    async def _game_idle(self, server: servers.Server) -> bool:
+        """The agent of this generation answers, its game is not running, and none is on its way."""
+        status = await self._agent.status(self._ip(server))
+        return (
+            status is not None
+            and status.get("generation") == server.generation
+            and status.get("state") in ("installed", "stopped")
+            and not status.get("game", {}).get("running")
+        )
 
     async def _agent_ready(self, server: servers.Server, entered: datetime.datetime) -> bool:
         """The agent says `ready`: in a report received since `entered`, or in its status now (the report
@@ -288,6 +367,45 @@ class Provisioning:
             return Step(retry_after=POLL)
         await self._driver.shutdown(self._ref(server), timeout=30)
         return Step(event="stopped")
+
+    # --- drift and crashes --------------------------------------------------------------------
+
+    async def _lost(self, server: servers.Server, writes: effects.Writes) -> Step:
+        async with writes.transaction() as conn:
+            await allocations.move(conn, server.id, allocations.LIVE, "released")
+            await agents.revoke_tokens(conn, server.id)
+        if server.desired_state == "running":
+            return Step(event="retry", detail=f"re-provisioning as generation {server.generation + 1}")
+        return Step()  # it should not run: released, until a retry or a delete
+
+    async def _crashed(self, server: servers.Server, writes: effects.Writes) -> Step:
+        if server.desired_state != "running":
+            return Step()
+        window, limit = self._settings.crash_window, self._settings.crash_restarts
+        now = datetime.datetime.now(datetime.UTC)
+        async with self._pool.acquire() as conn:
+            since = now - datetime.timedelta(seconds=window)
+            crashes = int(
+                await queries.fetchval(conn, "count_journal_events_since", server.id, "crashed", since)
+            )
+            entered = (await journal.newest(conn, server.id)).at
+        crashes = max(crashes, 1)  # it is crashed now, whenever that happened
+        if crashes > limit:
+            return Step(
+                event="fail",
+                last_error=(
+                    f"the game crashed {crashes} times within {window:g}s and is not restarted more than "
+                    f"{limit} times; last crash: {server.last_error or 'no detail'}"
+                ),
+            )
+        delay = min(self._settings.crash_backoff * 2 ** (crashes - 1), window)
+        remaining = (entered + datetime.timedelta(seconds=delay) - now).total_seconds()
+        if remaining > 0:
+            return Step(retry_after=remaining)
+        return Step(
+            event="restart",
+            detail=f"crash policy: restart {crashes} of {limit} within {window:g}s, after {delay:g}s",
+        )
 
     # --- deleting -----------------------------------------------------------------------------
 
@@ -338,6 +456,8 @@ _STEPS = {
     "provisioning.installing": Provisioning._installing,
     "starting": Provisioning._starting_step,
     "stopping": Provisioning._stopping,
+    "lost": Provisioning._lost,
+    "crashed": Provisioning._crashed,
     "deleting.stopping_game": Provisioning._stopping_game,
     "deleting.stopping_container": Provisioning._stopping_container,
     "deleting.destroying": Provisioning._destroying,
