@@ -32,7 +32,11 @@ def _sources() -> list[Path]:
     return found
 
 
-@pytest.mark.parametrize("bin_dir", _sources(), ids=lambda path: "wheel" if "site-packages" in str(path) else "system")
+def _label(path: Path) -> str:
+    return "wheel" if "site-packages" in str(path) else "system"
+
+
+@pytest.mark.parametrize("bin_dir", _sources(), ids=_label)
 async def test_private_server_starts_is_reused_and_stops(
     tmp_path: Path, bin_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
