@@ -2,9 +2,10 @@
 
 A resource has at most one live allocation at a time (unique partial indexes on every status but
 'released'), and a server holds at most one reserved or in-use allocation of each kind. Allocation
-happens only here, in the same transaction that records the server, so nothing is handed out twice
-under concurrency: two transactions that pick the same free id collide on the index and the loser
-gets a typed `Conflict` to retry with.
+happens only through this module, under the allocation lock (`lock`): in the transaction that records
+the server, and when a server needs new ones (its VMID turned out to be a stranger's, or it is
+re-provisioned as a new generation). Should two transactions still pick the same free id, they
+collide on the index and the loser gets a typed `Conflict`.
 
 Statuses: reserved (allocated, container not yet confirmed), in_use, releasing (the container is
 being destroyed), released (history), foreign (found in Proxmox, not ours: never allocated).
@@ -69,14 +70,10 @@ async def reserve_vmid(conn: database.Conn, vmid: int, server_id: uuid.UUID) -> 
 
 
 async def allocate_vmid(conn: database.Conn, server_id: uuid.UUID, low: int, high: int) -> VmidAllocation:
-    """Reserve the lowest free VMID in [low, high] for the server.
-
-    Two concurrent callers may pick the same candidate; the loser's insert fails with
-    `VmidAllocated` and its transaction must be retried (the caller owns the transaction).
-    """
+    """Reserve the lowest free VMID in [low, high] for the server (call under `lock`)."""
     vmid = await queries.fetchval(conn, "free_vmid", low, high)
     if vmid is None:
-        raise errors.Permanent("no free VMID in the configured range", low=low, high=high)
+        raise errors.CapacityExhausted("no free VMID in the configured range", low=low, high=high)
     return await reserve_vmid(conn, vmid, server_id)
 
 
@@ -125,7 +122,7 @@ async def allocate_ip(
     candidates = max(network.num_addresses - 2, 1)
     ip = await queries.fetchval(conn, "free_ip", first, candidates, exclude)
     if ip is None:
-        raise errors.Permanent("no free IP address in the configured subnet", subnet=str(network))
+        raise errors.CapacityExhausted("no free IP address in the configured subnet", subnet=str(network))
     return await reserve_ip(conn, str(ip), server_id)
 
 
@@ -135,7 +132,7 @@ async def allocate_port(
     """Reserve the lowest free game port in [low, high] on the node."""
     port = await queries.fetchval(conn, "free_port", node, low, high)
     if port is None:
-        raise errors.Permanent("no free game port on the node", node=node, low=low, high=high)
+        raise errors.CapacityExhausted("no free game port on the node", node=node, low=low, high=high)
     return await reserve_port(conn, node, port, server_id)
 
 

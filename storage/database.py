@@ -123,6 +123,16 @@ async def create_pool(
 
 
 @contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
+    """A pooled connection; a failure to get one (the database is down) is a typed error."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise translate(exc) from exc
+
+
+@contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     """A pooled connection inside a transaction; driver errors (including at commit) are translated."""
     try:

@@ -197,8 +197,15 @@ UPDATE shard_leases SET epoch = epoch + 1, owner = $2, acquired_at = now() WHERE
 UPDATE shard_leases SET owner = NULL, acquired_at = NULL WHERE shard = $1 AND owner = $2;
 
 -- check_lease --
--- The epoch of a shard's lease if the owner still holds it, locked against a takeover until commit. $1 shard, $2 owner
-SELECT epoch FROM shard_leases WHERE shard = $1 AND owner = $2 FOR SHARE;
+-- The epoch of a shard's lease if the owner holds it and its heartbeat is fresh, locked against a takeover until commit. $1 shard, $2 owner, $3 lease timeout (interval)
+SELECT l.epoch FROM shard_leases l
+WHERE l.shard = $1 AND l.owner = $2
+  AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = $2 AND r.heartbeat_at > now() - $3::interval)
+FOR SHARE OF l;
+
+-- fence_replica_leases --
+-- Take every lease from an evicted replica, with new epochs, so nothing it sends later can pass the fence. $1 replica id
+UPDATE shard_leases SET owner = NULL, acquired_at = NULL, epoch = epoch + 1 WHERE owner = $1;
 
 -- list_leases --
 -- Every shard lease with its owner. No parameters

@@ -49,6 +49,10 @@ class OwnershipLost(ZlhError):
     """Another process now owns the server (its shard epoch moved on): stop acting for it."""
 
 
+class CapacityExhausted(Transient):
+    """No free VMID, IP, game port or node memory is left in the configured ranges."""
+
+
 class Overloaded(Transient):
     """A bounded queue (an actor's mailbox) is full: the caller should back off and try again."""
 

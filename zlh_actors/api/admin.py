@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from storage import queries
+from storage import database, queries
 from zlh_actors.api import auth, keys
 from zlh_actors.reconciler import reports
 
@@ -53,7 +53,7 @@ async def _fan_out(request: web.Request, method: str, path: str) -> tuple[list[A
     """Ask every other registered replica for `path?scope=local` with the caller's admin token."""
     pool = request.app[keys.POOL]
     me = request.app[keys.REPLICA].id
-    async with pool.acquire() as conn:
+    async with database.acquire(pool) as conn:
         peers = [
             row for row in await queries.fetch(conn, "list_replicas") if row["id"] != me and row["http_port"]
         ]
@@ -84,7 +84,7 @@ async def actors(request: web.Request) -> web.Response:
     answers, unreachable = await _fan_out(request, "GET", "/admin/v1/actors")
     for answer in answers:
         found.extend(answer["actors"])
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         summaries = {
             str(row["id"]): row
             for row in await queries.fetch(conn, "actor_summaries", [item["server_id"] for item in found])
@@ -122,7 +122,7 @@ async def reconcile(request: web.Request) -> web.Response:
 
 async def shards(request: web.Request) -> web.Response:
     auth.require_admin(request)
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         leases = await queries.fetch(conn, "list_leases")
         replicas = await queries.fetch(conn, "list_replicas")
     lease_timeout = request.app[keys.REPLICA].settings.lease_timeout

@@ -21,6 +21,8 @@ from zlh_actors.api import auth, keys
 from zlh_actors.api import servers as server_api
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# What the container says ends up in the journal and in `last_error`: keep it to a readable size.
+MAX_DETAIL = 1024
 
 
 async def report_status(request: web.Request) -> web.Response:
@@ -56,10 +58,10 @@ async def report_status(request: web.Request) -> web.Response:
             seq=report["seq"],
             state=report["state"],
             manifest_sha256=sha,
-            detail=report["detail"] or None,
+            detail=report["detail"][:MAX_DETAIL] or None,
         )
         if kept is None:
             request.app[keys.METRICS].inc("zlh_stale_agent_reports_total")
             return web.json_response({"status": "ignored", "reason": "stale_seq"})
-        await commands.enqueue(conn, server_id, "report", dict(report))
+        await commands.enqueue(conn, server_id, "report", {**report, "detail": report["detail"][:MAX_DETAIL]})
     return web.json_response({"status": "accepted"}, status=202)

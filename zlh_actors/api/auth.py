@@ -11,7 +11,7 @@ import dataclasses
 
 from aiohttp import web
 
-from storage import tokens
+from storage import database, tokens
 from zlh_actors import errors
 from zlh_actors.api import keys, problems
 
@@ -70,7 +70,7 @@ async def middleware(request: web.Request, handler: problems.Handler) -> web.Str
         if request.path == STREAM_PATH:
             return await handler(request)  # browsers cannot set WebSocket headers: it authenticates itself
         raise errors.Unauthorized("missing bearer token")
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         token = await tokens.authenticate(conn, secret)
     if token is None:
         raise errors.Unauthorized("invalid or revoked token")

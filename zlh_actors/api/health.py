@@ -25,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
             current = await database.guarded(migrate.is_current(conn))
     except errors.ZlhError as exc:
         return problems.problem(503, "not ready", slug="not-ready", reason=exc.message)
-    except TimeoutError:
+    except (TimeoutError, OSError):
         return problems.problem(503, "not ready", slug="not-ready", reason="no database connection available")
     if not current:
         return problems.problem(503, "not ready", slug="not-ready", reason="database migrations are pending")

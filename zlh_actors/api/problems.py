@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
 
 # Error class -> (HTTP status, problem type slug). The first matching class wins, so subclasses first.
+# Errors that mean a bug or an internal fault (a schema invariant firing, an unclassified permanent
+# error from a driver) are a 500 with no details: their text is for the log, not for clients.
 _STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
     (errors.NotFound, 404, "not-found"),
     (errors.IdempotencyMismatch, 422, "idempotency-key-reused"),
@@ -34,11 +36,16 @@ _STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
     (errors.Forbidden, 403, "forbidden"),
     (errors.Overloaded, 503, "overloaded"),
     (errors.BadRequest, 400, "bad-request"),
-    (errors.InvalidData, 400, "invalid-data"),
+    (errors.CapacityExhausted, 503, "capacity-exhausted"),
     (errors.StorageUnavailable, 503, "storage-unavailable"),
     (errors.OwnershipLost, 503, "ownership-lost"),
     (errors.Transient, 503, "unavailable"),
-    (errors.Permanent, 400, "bad-request"),
+)
+
+# The structured details a client may see; anything else (Proxmox texts, SQL states, task logs)
+# stays in the logs.
+PUBLIC_DETAILS = frozenset(
+    {"fields", "state", "allowed", "key", "generation", "current", "server_id", "reason"}
 )
 
 
@@ -55,9 +62,14 @@ def problem(status: int, title: str, *, slug: str = "about:blank", **extra: Any)
 def from_error(exc: errors.ZlhError) -> web.Response:
     for cls, status, slug in _STATUS:
         if isinstance(exc, cls):
-            return problem(
-                status, exc.message, slug=slug, **{k: _jsonable(v) for k, v in exc.details.items()}
-            )
+            if status == 503 and not isinstance(exc, errors.CapacityExhausted | errors.Overloaded):
+                log.warning("answering 503: %s", exc)
+                title = "temporarily unavailable; try again"
+            else:
+                title = exc.message
+            extra = {k: _jsonable(v) for k, v in exc.details.items() if k in PUBLIC_DETAILS}
+            return problem(status, title, slug=slug, **extra)
+    log.error("internal error answered as 500: %s", exc, exc_info=exc)
     return problem(500, "internal error", slug="internal")
 
 

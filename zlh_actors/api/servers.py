@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from storage import commands, idempotency, journal, servers
+from storage import commands, database, idempotency, journal, servers
 from zlh_actors import errors
 from zlh_actors.api import auth, keys
 from zlh_actors.servers import create, requests, views
@@ -48,7 +48,7 @@ def _server_id(request: web.Request) -> uuid.UUID:
 
 
 async def _visible(request: web.Request, server_id: uuid.UUID) -> servers.Server:
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         return await servers.get(conn, server_id, tenant=auth.principal(request).scope())
 
 
@@ -108,7 +108,7 @@ async def list_servers(request: web.Request) -> web.Response:
         limit = 0
     if not 1 <= limit <= MAX_PAGE:
         raise errors.BadRequest(f"limit must be 1-{MAX_PAGE}", fields={"limit": f"must be 1-{MAX_PAGE}"})
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         rows = await servers.page(
             conn,
             tenant=who.scope(),
@@ -160,7 +160,7 @@ async def server_events(request: web.Request) -> web.Response:
         raise errors.BadRequest(
             "after and limit must be whole numbers", fields={"after": "integer"}
         ) from None
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         entries = await journal.entries(conn, server.id, after=max(after, 0), limit=min(max(limit, 1), 1000))
     return _json({"items": [views.event(entry) for entry in entries]})
 
@@ -171,7 +171,7 @@ async def get_command(request: web.Request) -> web.Response:
         command_id = uuid.UUID(request.match_info["command_id"])
     except ValueError:
         raise errors.NotFound("no such command") from None
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         command = await commands.get(conn, command_id)
     if command.server_id != server.id:
         raise errors.NotFound("no such command")

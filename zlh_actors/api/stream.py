@@ -279,7 +279,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse) -> auth
     if not isinstance(secret, str):
         await _refuse(request, ws, 'the first message must be {"type": "auth", "token": ...}')
         return None
-    async with request.app[keys.POOL].acquire() as conn:
+    async with database.acquire(request.app[keys.POOL]) as conn:
         token = await tokens.authenticate(conn, secret)
     if token is None:
         await _refuse(request, ws, "invalid or revoked token")
@@ -357,7 +357,7 @@ async def _replay(
 ) -> journal.Cursor:
     """Send the journal's entries in (after, upto], which is final; returns `upto`."""
     while True:
-        async with pool.acquire() as conn:
+        async with database.acquire(pool) as conn:
             entries = await journal.replay(conn, after, upto, tenant=scope, limit=PAGE)
         for entry in entries:
             await ws.send_str(_state_event(entry))

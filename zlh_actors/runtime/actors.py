@@ -15,7 +15,9 @@ Supervision (Temporal's style): a handler exception crashes the actor; the super
 after an exponential backoff with the `restart_message` (which makes the handler reload its state
 from the database, never from memory), and gives up after `max_restarts` crashes within
 `restart_window` seconds, calling `on_give_up`. `OwnershipLost` is not a crash: the actor stops at
-once and is not restarted, because another replica owns the key now.
+once and is not restarted, because another replica owns the key now. A `Transient` error (the
+database or Proxmox briefly unreachable) is not a crash either: the actor retries with backoff and
+never gives up because of it.
 
 Mailboxes are bounded: a `tell` to a full mailbox raises `Overloaded` rather than queueing without
 limit. `ask` is request/reply: the handler's return value (or exception) comes back to the sender.
@@ -144,6 +146,7 @@ class Registry(Generic[K, M]):
 
     async def _supervise(self, actor: Actor[K, M]) -> None:
         crashes: collections.deque[float] | None = None  # created on the first crash: most actors never crash
+        outages = 0
         try:
             while True:
                 try:
@@ -152,6 +155,15 @@ class Registry(Generic[K, M]):
                 except errors.OwnershipLost as exc:
                     log.warning("%s actor %s stopped: ownership lost (%s)", self.name, actor.key, exc)
                     return
+                except errors.Transient as exc:
+                    # The database or Proxmox is briefly away: not the actor's fault, and no reason
+                    # to give up on (and fail) the server. Retry, backing off to `backoff_max`.
+                    outages += 1
+                    delay = min(self.policy.backoff_base * 2 ** (outages - 1), self.policy.backoff_max)
+                    log.warning("%s actor %s: %s; retrying in %.2fs", self.name, actor.key, exc, delay)
+                    await asyncio.sleep(delay)
+                    actor.mailbox.appendleft(_Envelope(self._restart_message(actor.key), None))
+                    continue
                 except Exception as exc:
                     now = time.monotonic()
                     if crashes is None:

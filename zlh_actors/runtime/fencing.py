@@ -2,7 +2,8 @@
 the server's shard under the epoch it was given.
 
 The check reads the lease row `FOR SHARE`: if another replica has taken the shard (bumped the
-epoch, or the owner changed), the write is refused with `OwnershipLost` before anything is written.
+epoch, or the owner changed), or the owner's heartbeat is older than the lease timeout (it froze and
+may be evicted any moment), the write is refused with `OwnershipLost` before anything is written.
 The row lock is held until the write commits, so a takeover's epoch bump waits for writes already in
 flight and every later write sees the new epoch. A replica that was frozen past its lease and wakes
 up therefore cannot write anything.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import uuid
 from collections.abc import AsyncIterator
 
@@ -28,6 +30,9 @@ class Lease:
     shard: int
     epoch: int
     owner: uuid.UUID
+    # A lease is also void once its owner's heartbeat is older than this: a replica that froze
+    # past its lease cannot write even before a peer has evicted it.
+    timeout: float = 3.0
 
 
 class FenceCounter:
@@ -43,7 +48,9 @@ async def transaction(
 ) -> AsyncIterator[database.Conn]:
     """A transaction that first verifies `lease` is still current; `OwnershipLost` if not."""
     async with database.transaction(pool) as conn:
-        epoch = await queries.fetchval(conn, "check_lease", lease.shard, lease.owner)
+        epoch = await queries.fetchval(
+            conn, "check_lease", lease.shard, lease.owner, datetime.timedelta(seconds=lease.timeout)
+        )
         if epoch != lease.epoch:
             if counter is not None:
                 counter.rejected += 1

@@ -24,7 +24,6 @@ from typing import Any
 import asyncpg
 
 from storage import commands, database
-from zlh_actors import errors
 from zlh_actors.runtime import ownership
 
 log = logging.getLogger(__name__)
@@ -87,14 +86,9 @@ class Inbox:
                         self._conn.fetchval("SELECT 1"), timeout=self._settings.lease_timeout
                     )
                     await asyncio.sleep(self._settings.heartbeat_interval)
-            except (
-                errors.ZlhError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,  # session ended while this process was stopped (SIGSTOP)
-                OSError,
-                TimeoutError,
-            ) as exc:
+            except Exception as exc:
+                # Any failure (including asyncpg's InternalClientError after a SIGSTOP ended the
+                # session) means: reconnect and rescan. This loop must never die.
                 if self._stopping:
                     break
                 self.reconnects += 1

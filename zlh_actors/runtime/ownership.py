@@ -34,6 +34,7 @@ import datetime
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Protocol
 
 import asyncpg
@@ -199,9 +200,12 @@ class LeaseManager:
                     await self.connect()
                 await self.tick()
                 backoff = self.settings.heartbeat_interval
-            except errors.ConfigError:
+            except asyncio.CancelledError:
                 raise
-            except (errors.ZlhError, TimeoutError, OSError) as exc:
+            except Exception as exc:
+                # Whatever went wrong (a lost connection, a rotated password, a driver error we did
+                # not foresee), this loop must outlive it: a replica whose lease loop died would
+                # serve HTTP forever without owning anything.
                 await self._drop_connection(str(exc) or type(exc).__name__)
                 backoff = min(backoff * 2, self.settings.lease_timeout)
                 log.warning("lease loop: %s; retrying in %.1fs", exc, backoff)
@@ -215,10 +219,7 @@ class LeaseManager:
             # We may already be presumed dead: fence ourselves before anyone else has to.
             await self._drop_connection("heartbeat overdue")
             return
-        if await self._val("heartbeat", self.replica_id) is None:
-            await self._drop_connection("this replica was presumed dead by a peer")
-            return
-        self._last_heartbeat = time.monotonic()
+        await self._beat()
         for row in await self._q("stale_replicas", self._timeout, self.replica_id):
             await self._evict(row["id"])
         live = [row["id"] for row in await self._q("live_replicas", self._timeout, LEASE_APP)]
@@ -231,8 +232,31 @@ class LeaseManager:
             for shard in sorted(self.owned, reverse=True)[: len(self.owned) - target]:
                 await self._release(shard)
 
+    async def _beat(self) -> None:
+        """Write the heartbeat; `OwnershipLost` if a peer has already presumed us dead."""
+        if await self._val("heartbeat", self.replica_id) is None:
+            raise errors.OwnershipLost("this replica was presumed dead by a peer")
+        self._last_heartbeat = time.monotonic()
+
+    async def _while_beating(self, work: Awaitable[None]) -> None:
+        """Run `work` (a drain that may take seconds) while the heartbeat goes on, so that a graceful
+        hand-off never looks like a dead replica to the others."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.settings.heartbeat_interval)
+                if done:
+                    task.result()
+                    return
+                await self._beat()
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def _evict(self, replica_id: uuid.UUID) -> None:
         closed = await self._val("terminate_replica_backends", replica_id, shards.LOCK_NAMESPACE)
+        # New epochs at once (the fence check also refuses a stale heartbeat, this is belt and braces).
+        await self._q("fence_replica_leases", replica_id)
         await self._q("delete_replica", replica_id)
         self.evictions += 1
         log.warning("replica %s missed its lease; closed its %s database sessions", replica_id, closed)
@@ -269,7 +293,7 @@ class LeaseManager:
 
     async def _release(self, shard: int) -> None:
         epoch = self.owned.pop(shard)
-        await self._listener.releasing(shard)
+        await self._while_beating(self._listener.releasing(shard))
         await self._q("release_lease", shard, self.replica_id)
         await self._val("unlock_shard", shards.LOCK_NAMESPACE, shard)
         log.info("released shard %d (epoch %d) to balance or shut down", shard, epoch)

@@ -97,11 +97,15 @@ class Replica(Generic[M]):
         except errors.Overloaded:
             # A full mailbox already holds wake-ups; the actor reads every queued command anyway.
             log.debug("mailbox of %s is full; wake-up dropped", server_id)
+        except errors.OwnershipLost:
+            log.debug("wake-up for %s after shutdown dropped", server_id)
 
     # --- lease callbacks ----------------------------------------------------------------------
 
     async def acquired(self, shard: int, epoch: int) -> None:
-        self.leases[shard] = fencing.Lease(shard=shard, epoch=epoch, owner=self.id)
+        self.leases[shard] = fencing.Lease(
+            shard=shard, epoch=epoch, owner=self.id, timeout=self.settings.lease_timeout
+        )
         self._spawn(self._rescan([shard]), f"rescan-shard-{shard}")
 
     async def releasing(self, shard: int) -> None:
@@ -120,7 +124,7 @@ class Replica(Generic[M]):
     async def _rescan(self, shard_list: list[int]) -> None:
         try:
             pending = await self._find_pending(shard_list)
-        except errors.ZlhError as exc:
+        except Exception as exc:  # the sweep must survive a database outage: it exists to recover from one
             log.warning("could not scan shards %s for pending work: %s", shard_list, exc)
             return
         for server_id in pending:

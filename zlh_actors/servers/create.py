@@ -2,10 +2,11 @@
 
 One transaction inserts the idempotency record, the server row, its VMID, its IP, its node and game
 port, its first journal entry and its `create` command, and stores the answer under the key. Either
-all of it exists or none of it does, and nothing is allocated anywhere else.
+all of it exists or none of it does.
 
 Concurrent requests with one key: the first claims the key; the others block on the key's primary
-key until the first commits, then read its stored answer and replay it. A request whose transaction
+key until the first commits (or hit `lock_timeout` and try again), then read its stored answer and
+replay it. A request whose transaction
 fails (a taken name, an unpinned launcher) stores nothing, so retrying it re-runs the checks. A key
 reused with a different request is refused (422); a key past its expiry is forgotten and reusable.
 
@@ -15,6 +16,7 @@ for this short transaction, so two creates never pick the same free VMID, IP or 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -58,20 +60,23 @@ class Placement:
             self._cached = (now, await self._driver.nodes())
         return self._cached[1]
 
-    async def choose(self, conn: database.Conn, memory_mb: int) -> str:
-        """The online node with the most free memory once our pending servers are counted."""
+    async def choose(self, conn: database.Conn, memory_mb: int, nodes: list[protocol.NodeInfo]) -> str:
+        """The online node with the most free memory once our pending servers are counted.
+
+        `nodes` is read from Proxmox *before* the create's transaction: a slow Proxmox must never
+        hold the allocation lock or an open transaction."""
         pending = {
             row["node"]: row["memory_mb"] for row in await queries.fetch(conn, "pending_memory_by_node")
         }
         best: tuple[int, str] | None = None
-        for node in await self.nodes():
+        for node in nodes:
             if not node.online:
                 continue
             free = node.free_memory_mb - int(pending.get(node.name, 0))
             if best is None or free > best[0]:
                 best = (free, node.name)
         if best is None or best[0] < memory_mb:
-            raise errors.Transient("no online node has enough free memory", memory_mb=memory_mb)
+            raise errors.CapacityExhausted("no online node has enough free memory", memory_mb=memory_mb)
         return best[1]
 
 
@@ -101,11 +106,18 @@ async def create(
     fingerprint: bytes,
     request: requests.CreateRequest,
 ) -> Answer:
-    for _ in range(_ATTEMPTS):
+    for attempt in range(1, _ATTEMPTS + 1):
         try:
             return await _create_once(pool, settings, placement, tenant, key, fingerprint, request)
         except errors.IdempotencyKeyTaken:
             continue  # another request with this key committed first: replay its answer
+        except errors.CapacityExhausted:
+            raise
+        except errors.Transient:
+            # A lock wait that hit lock_timeout (a burst of creates): nothing was written; try again.
+            if attempt == _ATTEMPTS:
+                raise
+            await asyncio.sleep(0.05 * attempt)
     raise errors.InProgress("a request with this Idempotency-Key is still in progress", key=key)
 
 
@@ -119,6 +131,7 @@ async def _create_once(
     request: requests.CreateRequest,
 ) -> Answer:
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.idempotency_ttl)
+    nodes = await placement.nodes()
     async with database.transaction(pool) as conn:
         replay = await _replay(conn, tenant, key, fingerprint)
         if replay is not None:
@@ -136,7 +149,7 @@ async def _create_once(
                 },
             )
         await allocations.lock(conn)
-        node = await placement.choose(conn, request.memory_mb)
+        node = await placement.choose(conn, request.memory_mb, nodes)
         server_id = servers.ServerId(uuid.uuid4())
         server = await servers.insert(
             conn,

@@ -94,6 +94,8 @@ class Provisioning:
         return self._settings.step_timeout
 
     async def perform(self, server: servers.Server, writes: effects.Writes) -> Step:
+        if server.state != "starting":
+            self._starting.pop(server.id, None)  # progress through `starting` ends with the state
         step = _STEPS.get(server.state)
         if step is None:
             return Step()
@@ -233,6 +235,7 @@ class Provisioning:
             async with writes.transaction() as conn:
                 assert server.vmid is not None
                 await allocations.vmid_to_foreign(conn, server.id, server.vmid)
+                await allocations.lock(conn)  # against creates picking the same free VMID
                 low, high = self._settings.vmid_range
                 fresh = await allocations.allocate_vmid(conn, server.id, low, high)
                 current = await servers.get(conn, server.id)

@@ -179,3 +179,26 @@ async def test_shutdown_refuses_new_messages() -> None:
     with pytest.raises(errors.OwnershipLost):
         reg.tell("a", 1)
     await reg.shutdown(timeout=1)  # idempotent
+
+
+async def test_transient_errors_are_retried_and_never_given_up() -> None:
+    calls: list[object] = []
+
+    async def flaky(key: str, message: object) -> None:
+        calls.append(message)
+        if len(calls) <= 6:
+            raise errors.StorageUnavailable("database away")
+
+    gave_up: list[str] = []
+
+    async def give_up(key: str, exc: BaseException) -> None:
+        gave_up.append(key)
+
+    reg: actors.Registry[str, object] = actors.Registry(
+        "test", flaky, restart_message=lambda k: "restart", on_give_up=give_up, policy=FAST
+    )
+    reg.tell("a", "work")
+    await helpers.assert_eventually(lambda: _true(len(calls) == 7), timeout=5)
+    assert gave_up == []
+    assert calls == ["work", *["restart"] * 6]
+    await reg.shutdown(timeout=1)
