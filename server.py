@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -76,20 +75,7 @@ async def world(settings: config.Settings, url: str) -> AsyncIterator[config.Set
         found = lab.settings
         print(f"ZLH_PVE_HOST unset: running the lab in-process (settings in {lab.env_file})", flush=True)
         await _pin_lab_launchers(url, lab.directory / lab_settings.LAUNCHERS_FILE)
-        yield dataclasses.replace(
-            settings,
-            pve_host=found.pve_host,
-            pve_port=found.pve_port,
-            pve_user=found.pve_user,
-            pve_token_name=found.pve_token_name,
-            pve_token_value=found.pve_token_value,
-            pve_ca_file=found.pve_ca_file,
-            pve_template_vmid=found.template_vmid,
-            enrollment_key_file=found.enrollment_key_file,
-            ip_subnet=found.ip_subnet,
-            agent_port=found.agent_port,
-            allow_http_urls=True,
-        )
+        yield lab_settings.applied(found, settings)
 
 
 async def _pin_lab_launchers(url: str, launchers_file: os.PathLike[str]) -> None:

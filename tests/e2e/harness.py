@@ -48,21 +48,9 @@ def free_port() -> int:
 
 
 def settings_for(lab: world.Lab, url: str, **overrides: Any) -> config.Settings:
-    found = lab.settings
     values: dict[str, Any] = {
         "database_url": url,
         "port": free_port(),
-        "pve_host": found.pve_host,
-        "pve_port": found.pve_port,
-        "pve_user": found.pve_user,
-        "pve_token_name": found.pve_token_name,
-        "pve_token_value": found.pve_token_value,
-        "pve_ca_file": found.pve_ca_file,
-        "pve_template_vmid": found.template_vmid,
-        "enrollment_key_file": found.enrollment_key_file,
-        "ip_subnet": found.ip_subnet,
-        "agent_port": found.agent_port,
-        "allow_http_urls": True,
         "shards": 8,
         "heartbeat_interval": 0.2,
         "lease_timeout": 1.5,
@@ -71,7 +59,7 @@ def settings_for(lab: world.Lab, url: str, **overrides: Any) -> config.Settings:
         "pve_lock_wait": 2.0,
     }
     values.update(overrides)
-    return config.Settings(**values)
+    return lab_settings.applied(lab.settings, config.Settings(), **values)
 
 
 def environment_for(lab: world.Lab, url: str, port: int, **extra: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
+from zlh_actors import config
 from zlh_actors.lab import files
 from zlh_actors.proxmox import settings as proxmox_settings
 
@@ -102,6 +103,25 @@ class LabSettings:
         }
         values.update(overrides)
         return proxmox_settings.ProxmoxSettings(**values)
+
+
+def applied(found: LabSettings, settings: config.Settings, **overrides: Any) -> config.Settings:
+    """`settings` pointed at this lab: its Proxmox, its agents' key, subnet and port, http mod URLs."""
+    return dataclasses.replace(
+        settings,
+        pve_host=found.pve_host,
+        pve_port=found.pve_port,
+        pve_user=found.pve_user,
+        pve_token_name=found.pve_token_name,
+        pve_token_value=found.pve_token_value,
+        pve_ca_file=found.pve_ca_file,
+        pve_template_vmid=found.template_vmid,
+        enrollment_key_file=found.enrollment_key_file,
+        ip_subnet=found.ip_subnet,
+        agent_port=found.agent_port,
+        allow_http_urls=True,
+        **overrides,
+    )
 
 
 # lab.env name -> LabSettings field
