@@ -242,16 +242,17 @@ class Deployment:
         self.sampler = LeaseSampler(url)
         self._controls: list[harness.Control] = []
 
-    async def start(self, count: int) -> list[Replica]:
-        """Start `count` replicas at once; return them once each serves HTTP and is registered."""
+    async def start(self, count: int, **env: str) -> list[Replica]:
+        """Start `count` replicas at once (with `env` on top of the harness's environment); return
+        them once each serves HTTP and is registered."""
         if not self.replicas:
             await self.sampler.start()
         started = []
         for _ in range(count):
             name = f"r{len(self.replicas)}"
             port = harness.free_port()
-            env = harness.environment_for(self.lab, self.url, port)
-            replica = Replica(name, harness.ReplicaProcess(env, port, self.logs / f"{name}.log"))
+            environment = harness.environment_for(self.lab, self.url, port, **env)
+            replica = Replica(name, harness.ReplicaProcess(environment, port, self.logs / f"{name}.log"))
             self.replicas.append(replica)
             started.append(replica)
         for replica in started:

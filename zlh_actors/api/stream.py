@@ -57,6 +57,8 @@ CHANNEL = "zlh_journal"
 LISTEN_APP = "zlh-stream:"
 
 # Module constants rather than settings; read when a client connects, so tests may patch them.
+# Timeouts use asyncio.timeout, never wait_for: on Python 3.11 wait_for can swallow a cancellation
+# that arrives as its awaitable completes, and these loops end only by being cancelled.
 HEARTBEAT = 15.0  # seconds: WebSocket pings, and a heartbeat message after this long without one
 AUTH_TIMEOUT = 5.0  # seconds a header-less client has to send its auth message
 MAX_PENDING = 1000  # undelivered events a client may have before it is closed as too slow
@@ -136,6 +138,7 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -147,6 +150,8 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="stream-hub")
 
     async def stop(self) -> None:
+        # The flag ends the loops even if a library swallows the cancellation.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,7 +171,7 @@ class Hub:
 
     async def _run(self) -> None:
         backoff = RETRY[0]
-        while True:
+        while not self._stopping:
             conn: database.Connection | None = None
             try:
                 conn = await database.connect(self._url, server_settings=self._server_settings)
@@ -174,6 +179,7 @@ class Hub:
                 backoff = RETRY[0]
                 self._wake.set()  # entries committed while nobody listened: read from the head
                 await self._follow(conn)
+                return  # stopping
             except _DATABASE_ERRORS as exc:
                 log.warning("stream hub lost the database (%s); reconnecting in %.1fs", exc, backoff)
             except Exception:
@@ -188,13 +194,15 @@ class Hub:
 
     async def _follow(self, conn: database.Connection) -> None:
         held, wait = False, HELD_POLL[0]
-        while True:
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), wait if held else PROBE_INTERVAL)
+                async with asyncio.timeout(wait if held else PROBE_INTERVAL):
+                    await self._wake.wait()
             except TimeoutError:
                 if not held:
                     # A connection that only receives shows no error until it is used.
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), PROBE_INTERVAL * 5)
+                    async with asyncio.timeout(PROBE_INTERVAL * 5):
+                        await conn.fetchval("SELECT 1")
                     continue
             self._wake.clear()
             held = await self._read()
@@ -328,7 +336,8 @@ async def _send(
     sent_at = loop.time()
     while True:
         try:
-            await asyncio.wait_for(subscriber.ready.wait(), max(0.0, sent_at + HEARTBEAT - loop.time()))
+            async with asyncio.timeout_at(sent_at + HEARTBEAT):
+                await subscriber.ready.wait()
         except TimeoutError:
             # The cursor of a heartbeat is as good as an event's: a client whose servers are quiet
             # resumes from there without rescanning everyone else's entries.
@@ -375,7 +384,8 @@ async def _discard_incoming(ws: web.WebSocketResponse) -> None:
 async def _close(ws: web.WebSocketResponse, request: web.Request, code: int, reason: str) -> None:
     """Close with a reason; a peer that does not read it within CLOSE_GRACE is cut off."""
     try:
-        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:123]), CLOSE_GRACE)
+        async with asyncio.timeout(CLOSE_GRACE):
+            await ws.close(code=code, message=reason.encode()[:123])
     except TimeoutError:
         # A graceful transport close would wait for the peer to read the buffer, possibly forever.
         if request.transport is not None:

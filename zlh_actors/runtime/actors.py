@@ -116,7 +116,8 @@ class Registry(Generic[K, M]):
         """Queue a message and wait for the handler's result (or its exception)."""
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._put(key, _Envelope(message, reply))
-        return await asyncio.wait_for(reply, timeout)
+        async with asyncio.timeout(timeout):
+            return await reply
 
     def _put(self, key: K, envelope: _Envelope) -> None:
         if self._closed:
@@ -233,7 +234,8 @@ class Registry(Generic[K, M]):
         """Wait for mail; False (and the actor is retired) once idle for `idle_timeout` seconds."""
         actor.waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(actor.waiter, self.policy.idle_timeout)
+            async with asyncio.timeout(self.policy.idle_timeout):
+                await actor.waiter
         except TimeoutError:
             if actor.mailbox:
                 return True

@@ -82,9 +82,8 @@ class Inbox:
                 backoff = self._settings.heartbeat_interval
                 while not self._stopping:
                     # A notification-only connection sees no error until it is used: probe it.
-                    await asyncio.wait_for(
-                        self._conn.fetchval("SELECT 1"), timeout=self._settings.lease_timeout
-                    )
+                    async with asyncio.timeout(self._settings.lease_timeout):
+                        await self._conn.fetchval("SELECT 1")
                     await asyncio.sleep(self._settings.heartbeat_interval)
             except Exception as exc:
                 # Any failure (including asyncpg's InternalClientError after a SIGSTOP ended the
@@ -133,6 +132,7 @@ class Inbox:
             async with database.transaction(pool) as conn:
                 await commands.enqueue(conn, server_id, kind, payload, command_id=command_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, timeout=wait)
+                async with asyncio.timeout(wait):
+                    await waiter
         async with pool.acquire() as conn:
             return await commands.get(conn, command_id)

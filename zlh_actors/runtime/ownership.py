@@ -151,9 +151,14 @@ class LeaseManager:
 
     async def _q(self, name: str, *args: object) -> list[asyncpg.Record]:
         assert self._conn is not None
-        return await asyncio.wait_for(
-            queries.fetch(self._conn, name, *args), timeout=self.settings.lease_timeout
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the query completes, and a replica told to stop would then never stop.
+        async with asyncio.timeout(self.settings.lease_timeout):
+            return await queries.fetch(self._conn, name, *args)
+
+    def halt(self) -> None:
+        """Stop taking shards (before the loop is cancelled for a graceful `stop`)."""
+        self._stopping = True
 
     async def _val(self, name: str, *args: object) -> object:
         rows = await self._q(name, *args)

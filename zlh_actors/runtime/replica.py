@@ -166,7 +166,9 @@ class Replica(Generic[M]):
     async def stop(self) -> None:
         """Hand every shard off (draining actors), then stop listening; safe to call twice."""
         if self._lease_task is not None:
-            # The lease loop and the hand-off share one connection: stop the loop first.
+            # The lease loop and the hand-off share one connection: stop the loop first, and tell
+            # it to take nothing more should the cancellation land between two of its queries.
+            self.leasing.halt()
             self._lease_task.cancel()
             await asyncio.wait([self._lease_task])
             self._lease_task = None
