@@ -59,3 +59,10 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [setting.env for setting in config.SETTINGS if f"`{setting.env}`" not in readme]
     assert missing == []
+
+
+def test_the_systemd_environment_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "systemd" / "zlh-actors.env.example"
+    settings = config.load(config.read_env_file(example))
+    assert settings.pve_host == "pve1.internal"
+    assert settings.vmid_range == (10000, 19999)
