@@ -132,6 +132,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             # Peers reach this replica's admin view at host:port; a wildcard address is not reachable.
             http_host=None if settings.host in ("0.0.0.0", "::") else settings.host,
             replica_id=replica_id,
+            counters=counters,
         )
         observe(counters, built)
         reconciler = reconciler_loop.Reconciler(

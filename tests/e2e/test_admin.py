@@ -65,3 +65,16 @@ async def test_reconcile_now_and_the_drift_report(control: harness.Control) -> N
     assert status == 200
     assert any(entry["kind"] == "power" for report in drift["reports"] for entry in report["drifts"])
     await control.wait_state(server["id"], "running")
+
+
+async def test_metrics_count_commands_transitions_and_proxmox_calls(control: harness.Control) -> None:
+    server = await control.create("measured")
+    await control.wait_state(server["id"], "running")
+    async with control.http.get(f"{control.base_urls[0]}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    assert 'zlh_commands_total{kind="create",outcome="accepted"} 1' in text
+    assert 'zlh_transitions_total{event="ready"} 1' in text
+    assert 'zlh_proxmox_call_seconds_count{operation="ensure_container"} 1' in text
+    assert "zlh_owned_shards 8" in text
+    assert "zlh_fenced_writes_rejected_total 0" in text

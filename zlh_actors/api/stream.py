@@ -8,7 +8,8 @@ older than the oldest one still running (`pg_snapshot_xmin`) can add an entry an
 entries below it are final, and only those are ever sent. A committed entry above it is *held*
 until the older transactions end, and re-read shortly (10 ms, backing off to 0.5 s). A cursor is
 therefore a point in a final prefix: resuming after it loses nothing and repeats nothing, whichever
-replica serves the reconnect. docs/stream.md has the full argument.
+replica serves the reconnect. (txid is raised to the server's previous entry's when smaller, so each
+server's entries keep their seq order.) docs/stream.md has the full argument.
 
 The fan-out. One `Hub` per replica LISTENs on `zlh_journal` on a dedicated connection (a pooled one
 is UNLISTENed on release). A notification is only a wake-up: the hub re-reads the journal after its
@@ -18,8 +19,8 @@ hub re-reads from its head; nothing else is needed, because entries are read, no
 
 A client. The handler subscribes first and then sends from its own cursor: each batch from the hub
 says which part of the order it covers (`prev`, `head`]; if the client's cursor is behind `prev` (it
-asked for `since=`, or it is new), the gap is read from the journal (final, so exact) before the
-batch is sent, and entries at or before the cursor are skipped. Replay and live are one loop, so
+asked for `since=`), the gap is read from the journal (final, so exact) before the batch is sent,
+and entries at or before the cursor are skipped. Replay and live are one loop, so
 there is no hand-over to get wrong. A subscriber holds at most `MAX_PENDING` undelivered events;
 beyond that the client is closed with 4008 "consumer too slow" instead of being buffered without
 bound, and it may reconnect with its last cursor.

@@ -32,13 +32,13 @@ import dataclasses
 import datetime
 import logging
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
 from statemachines import lifecycle
 from storage import allocations, commands, database, journal, servers
-from zlh_actors import errors
+from zlh_actors import errors, metrics
 from zlh_actors.reconciler import repairs
 from zlh_actors.runtime import fencing
 from zlh_actors.servers import effects
@@ -132,11 +132,30 @@ class _FencedWrites:
 class ServerHandler:
     """Handles wake-ups for servers owned by this replica (`bind` it to the replica first)."""
 
-    def __init__(self, pool: asyncpg.Pool, work: effects.Effects) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, work: effects.Effects, counters: metrics.Metrics | None = None
+    ) -> None:
+        self._metrics = counters or metrics.Metrics()
+        self._metrics.describe("zlh_commands_total", "commands settled by this replica, by kind and outcome")
+        self._metrics.describe("zlh_transitions_total", "state transitions written by this replica, by event")
         self._pool = pool
         self._work = work
         self._owner: Owner | None = None
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+
+    async def _settle(
+        self, conn: database.Conn, command: commands.Command, status: str, result: Any
+    ) -> commands.Command:
+        settled = await commands.settle(conn, command, status, result)
+        self._metrics.inc("zlh_commands_total", kind=command.kind, outcome=status)
+        return settled
+
+    async def _transition(
+        self, conn: database.Conn, server: servers.Server, to_state: str, event: str, **kwargs: Any
+    ) -> servers.Server:
+        moved = await servers.transition(conn, server, to_state, event, **kwargs)
+        self._metrics.inc("zlh_transitions_total", event=event)
+        return moved
 
     def bind(self, owner: Owner) -> None:
         self._owner = owner
@@ -207,7 +226,7 @@ class ServerHandler:
                 raise errors.InvalidTransition(f"unknown command {command.kind!r}", state=server.state)
             target = lifecycle.apply(server.state, event)
         except errors.InvalidTransition as exc:
-            await commands.settle(
+            await self._settle(
                 conn,
                 command,
                 "rejected",
@@ -222,13 +241,13 @@ class ServerHandler:
             )
             return server
         await _leaving(conn, server, event)
-        server = await servers.transition(
+        server = await self._transition(
             conn, server, target, event, command_id=command.id, epoch=lease.epoch, last_error=None
         )
         desired = DESIRED_STATES.get(command.kind)
         if desired is not None and desired != server.desired_state:
             server = await servers.set_desired_state(conn, server, desired)
-        await commands.settle(conn, command, "accepted", {"state": server.state})
+        await self._settle(conn, command, "accepted", {"state": server.state})
         log.info("server %s: %s -> %s (command %s)", server.id, command.kind, server.state, command.id)
         return server
 
@@ -237,13 +256,13 @@ class ServerHandler:
     ) -> servers.Server:
         reported = command.payload.get("state")
         if command.payload.get("generation") != server.generation:
-            await commands.settle(conn, command, "rejected", {"reason": "report from another generation"})
+            await self._settle(conn, command, "rejected", {"reason": "report from another generation"})
             return server
         event, when = REPORT_EVENTS.get(str(reported), (None, frozenset()))
         if event is None or server.state not in when:
-            await commands.settle(conn, command, "accepted", {"state": server.state, "recorded": reported})
+            await self._settle(conn, command, "accepted", {"state": server.state, "recorded": reported})
             return server
-        server = await servers.transition(
+        server = await self._transition(
             conn,
             server,
             lifecycle.apply(server.state, event),
@@ -252,7 +271,7 @@ class ServerHandler:
             epoch=lease.epoch,
             last_error=f"agent reported {reported}: {command.payload.get('detail') or 'no detail'}",
         )
-        await commands.settle(conn, command, "accepted", {"state": server.state})
+        await self._settle(conn, command, "accepted", {"state": server.state})
         log.info("server %s: agent reported %s -> %s", server.id, reported, server.state)
         return server
 
@@ -263,10 +282,10 @@ class ServerHandler:
         try:
             drift = repairs.parse(command.payload)
         except errors.InvalidData as exc:
-            await commands.settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
+            await self._settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
             return server
         if (drift["version"], drift["generation"]) != (server.version, server.generation):
-            await commands.settle(
+            await self._settle(
                 conn,
                 command,
                 "rejected",
@@ -282,11 +301,11 @@ class ServerHandler:
             for event in events:
                 path.append(lifecycle.apply(path[-1], event))
         except errors.InvalidTransition as exc:
-            await commands.settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
+            await self._settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
             return server
         detail = f"reconciler: {drift['kind']}: {drift['reason']}"
         for event, target in zip(events, path[1:], strict=True):
-            server = await servers.transition(
+            server = await self._transition(
                 conn,
                 server,
                 target,
@@ -296,7 +315,7 @@ class ServerHandler:
                 last_error=drift["reason"],
                 detail=detail,
             )
-        await commands.settle(conn, command, "accepted", {"state": server.state, "events": events})
+        await self._settle(conn, command, "accepted", {"state": server.state, "events": events})
         log.warning("server %s: %s drift (%s) -> %s", server.id, drift["kind"], drift["reason"], server.state)
         return server
 
@@ -313,7 +332,7 @@ class ServerHandler:
                 log.info("server %s: %s no longer applies in %s", server_id, step.event, server.state)
                 return server
             await _leaving(conn, server, step.event)
-            server = await servers.transition(
+            server = await self._transition(
                 conn,
                 server,
                 target,
@@ -328,7 +347,7 @@ class ServerHandler:
     async def _finish_commands(self, server: servers.Server, writes: _FencedWrites) -> None:
         async with writes.transaction() as conn:
             for command in await commands.accepted(conn, server.id):
-                await commands.settle(conn, command, "done", {"state": server.state})
+                await self._settle(conn, command, "done", {"state": server.state})
 
     def _wake_later(self, server_id: uuid.UUID, delay: float | None) -> None:
         if delay is None:
@@ -351,7 +370,7 @@ class ServerHandler:
             async with self._writes(lease).transaction() as conn:
                 server = await servers.get(conn, server_id)
                 if "fail" in lifecycle.allowed_events(server.state):
-                    await servers.transition(
+                    await self._transition(
                         conn,
                         server,
                         lifecycle.apply(server.state, "fail"),

@@ -7,6 +7,7 @@ import uuid
 import asyncpg
 
 from storage import queries
+from zlh_actors import metrics
 from zlh_actors.runtime import actors, ownership, replica
 from zlh_actors.servers import actor, effects
 
@@ -22,8 +23,9 @@ def build(
     http_host: str | None = None,
     sweep_interval: float = 5.0,
     replica_id: uuid.UUID | None = None,
+    counters: metrics.Metrics | None = None,
 ) -> replica.Replica[actor.Wake]:
-    handler = actor.ServerHandler(pool, work)
+    handler = actor.ServerHandler(pool, work, counters)
     registry: actors.Registry[uuid.UUID, actor.Wake] = actors.Registry(
         "server",
         handler,
