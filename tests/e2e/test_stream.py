@@ -164,6 +164,20 @@ async def connect(
         yield Client(ws)
 
 
+async def settled(pool: asyncpg.Pool, running: service.Service) -> None:
+    """Wait until the replica's LISTEN connections (inbox and stream) are up: stopping a replica that
+    is still connecting them is another test's subject, and leaks a connection (see the report)."""
+    names = [f"zlh-listen:{running.replica.id}", f"{stream.LISTEN_APP}{running.replica.id}"]
+
+    async def listening() -> bool:
+        found = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY ($1::text[])", names
+        )
+        return bool(found == len(names))
+
+    await helpers.assert_eventually(listening, timeout=30, message=f"{names} not connected")
+
+
 def is_entry(entry: journal.Entry) -> Callable[[Event], bool]:
     return lambda event: key(event) == (str(entry.server_id), entry.seq)
 
@@ -230,7 +244,7 @@ async def test_a_client_that_reconnects_with_its_cursor_misses_nothing_and_repea
         start = await client.hello()
         first_half = burst()
         before = [await client.event() for _ in range(150)]
-    await first_half  # most of it written while the client is away
+    await first_half  # the rest of it is written while the client is away
     second_half = burst()
     async with connect(control, "admin", since=before[-1]["cursor"]) as client:
         after: list[Event] = []
@@ -255,6 +269,29 @@ async def test_a_client_that_reconnects_with_its_cursor_misses_nothing_and_repea
         by_server.setdefault(event["server_id"], []).append(event["seq"])
     for seqs in by_server.values():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_entries_committed_while_the_hub_was_not_listening_still_arrive(
+    control: harness.Control,
+) -> None:
+    [server_id] = await make_servers(control.pool, "alpha", 1)
+    hub_backend = (
+        "SELECT pid, backend_start FROM pg_stat_activity"
+        " WHERE application_name LIKE 'zlh-stream:%' AND datname = current_database()"
+    )
+    async with connect(control, "alpha") as client:
+        start = await client.hello()
+        [(pid, _)] = await control.pool.fetch(hub_backend)
+        assert await control.pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+        # Their notifications go nowhere: the hub's connection is gone and it reconnects no sooner
+        # than its first back-off (0.2 s), which the assertion below checks.
+        written = [await flip_committed(control.pool, server_id) for _ in range(10)]
+        written_by = await control.pool.fetchval("SELECT clock_timestamp()")
+        events = await client.events_until(is_entry(written[-1]))
+    [(new_pid, reconnected_at)] = await control.pool.fetch(hub_backend)
+    assert new_pid != pid
+    assert reconnected_at > written_by
+    assert received(events) == await journal_after(control.pool, start, [server_id])
 
 
 async def test_tenants_never_see_each_others_events_and_the_admin_sees_both(
@@ -326,9 +363,10 @@ async def test_events_written_through_one_replica_reach_clients_of_another(
 ) -> None:
     other = harness.settings_for(lab, db_url)
     async with (
-        service.running(other, db_url),
+        service.running(other, db_url) as replica_b,
         connect(control, "alpha", base=f"http://127.0.0.1:{other.port}") as client,
     ):
+        await settled(control.pool, replica_b)
         await client.hello()
         created = await control.create("fanned-out", replica=0)  # replica A's create handler journals it
         events = await client.events_until(lambda e: e["server_id"] == created["id"])
@@ -381,7 +419,7 @@ async def test_shutdown_closes_clients_with_going_away(
 ) -> None:
     other = harness.settings_for(lab, db_url)
     async with contextlib.AsyncExitStack() as replica:
-        await replica.enter_async_context(service.running(other, db_url))
+        await settled(control.pool, await replica.enter_async_context(service.running(other, db_url)))
         async with connect(control, "alpha", base=f"http://127.0.0.1:{other.port}") as client:
             await client.hello()
             closing = asyncio.create_task(client.closed())

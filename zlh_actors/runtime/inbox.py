@@ -68,8 +68,12 @@ class Inbox:
         conn = await database.connect(
             self._url, server_settings=ownership.session_settings(self._app_name, self._settings)
         )
-        await conn.add_listener(COMMANDS_CHANNEL, self._command)
-        await conn.add_listener(OUTCOMES_CHANNEL, self._outcome)
+        try:
+            await conn.add_listener(COMMANDS_CHANNEL, self._command)
+            await conn.add_listener(OUTCOMES_CHANNEL, self._outcome)
+        except BaseException:
+            conn.terminate()  # cancelled (a replica stopping) or failed half-way: leave nothing open
+            raise
         return conn
 
     async def run(self) -> None:
