@@ -117,18 +117,30 @@ async def test_a_server_holds_one_live_vmid(pool: asyncpg.Pool) -> None:
             await allocations.reserve_vmid(conn, 201, server.id)
 
 
-async def test_concurrent_vmid_allocation_one_wins(pool: asyncpg.Pool) -> None:
-    contenders = [await new_server(pool, f"s{n}") for n in range(4)]
-    queue = list(contenders)
+async def test_concurrent_reservations_of_one_vmid_one_wins(pool: asyncpg.Pool) -> None:
+    queue = [await new_server(pool, f"s{n}") for n in range(4)]
 
-    async def allocate(conn: database.Conn) -> allocations.VmidAllocation:
-        return await allocations.allocate_vmid(conn, queue.pop().id, 5000, 5999)
+    async def reserve(conn: database.Conn) -> allocations.VmidAllocation:
+        return await allocations.reserve_vmid(conn, 5000, queue.pop().id)
 
-    wins, losses = winners_and_losers(await helpers.race(pool, allocate, contenders=4))
+    wins, losses = winners_and_losers(await helpers.race(pool, reserve, contenders=4))
     assert len(wins) == 1
     assert all(isinstance(loss, errors.VmidAllocated) for loss in losses), losses
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM vmid_allocations WHERE vmid = 5000") == 1
+
+
+async def test_allocation_under_the_lock_gives_concurrent_creates_distinct_vmids(pool: asyncpg.Pool) -> None:
+    queue = [await new_server(pool, f"l{n}") for n in range(6)]
+
+    async def allocate(conn: database.Conn) -> allocations.VmidAllocation:
+        await allocations.lock(conn)
+        return await allocations.allocate_vmid(conn, queue.pop().id, 5000, 5999)
+
+    results = await helpers.race(pool, allocate, contenders=6)
+    wins, losses = winners_and_losers(results)
+    assert losses == []
+    assert sorted(win.vmid for win in wins) == list(range(5000, 5006))  # type: ignore[attr-defined]
 
 
 async def test_concurrent_port_reservation_one_wins(pool: asyncpg.Pool) -> None:
