@@ -95,6 +95,13 @@ def observe(counters: metrics.Metrics, built: replica.Replica[actor.Wake]) -> No
     )
 
 
+def _drift_by_kind(reconciler: reconciler_loop.Reconciler) -> list[tuple[metrics.Labels, float]]:
+    latest = reconciler.latest()
+    if latest is None:
+        return []
+    return [((("kind", kind),), float(count)) for kind, count in sorted(latest.by_kind().items())]
+
+
 @contextlib.asynccontextmanager
 async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]:
     """The replica, serving HTTP on settings.host:settings.port, until the block exits."""
@@ -145,6 +152,11 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                 orphan_grace=settings.orphan_grace,
                 vmid_range=settings.vmid_range,
             ),
+        )
+        counters.gauge(
+            "zlh_reconcile_drift",
+            "drifts found by this replica's latest reconciliation pass, by kind",
+            lambda: _drift_by_kind(reconciler),
         )
         app = api_app.make_app(
             api_app.Deps(

@@ -61,6 +61,8 @@ async def test_reconcile_now_and_the_drift_report(control: harness.Control) -> N
     assert body["unreachable"] == []
     kinds = [entry["kind"] for report in body["reports"] for entry in report["drifts"]]
     assert "power" in kinds, body
+    async with control.http.get(f"{control.base_urls[0]}/metrics") as response:
+        assert 'zlh_reconcile_drift{kind="power"} 1' in await response.text()
     status, drift, _ = await control.call("GET", "/admin/v1/drift", who="admin")
     assert status == 200
     assert any(entry["kind"] == "power" for report in drift["reports"] for entry in report["drifts"])
