@@ -71,6 +71,8 @@ async def world(settings: config.Settings, url: str) -> AsyncIterator[config.Set
     from zlh_actors.lab import settings as lab_settings  # the lab (and fakepve) only when asked for
     from zlh_actors.lab import world as lab_world
 
+    # The fake Proxmox logs every request it serves; the service's own log is what a reader wants.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     async with lab_world.Lab(settings.data_dir / "lab", warmup=settings.lab_warmup) as lab:
         found = lab.settings
         print(f"ZLH_PVE_HOST unset: running the lab in-process (settings in {lab.env_file})", flush=True)
