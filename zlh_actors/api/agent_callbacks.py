@@ -33,18 +33,20 @@ async def report_status(request: web.Request) -> web.Response:
         server_id = uuid.UUID(request.match_info["server_id"])
     except ValueError:
         raise errors.NotFound("no such server") from None
+    pool = request.app[keys.POOL]
+    # The token is checked before the body is read: a caller without one costs a lookup, not a parse.
+    async with database.acquire(pool) as conn:
+        token = await agents.find_token(conn, secret)
+    if token is None:
+        raise errors.Unauthorized("invalid or revoked agent token")
+    if token.server_id != server_id:
+        raise errors.Forbidden("this token belongs to another server")
     data = await server_api.read_json(request)
     try:
         report = wire.parse_report(data)
     except wire.BadRequest as exc:
         raise errors.BadRequest("invalid report", fields={exc.field: exc.message}) from None
-    pool = request.app[keys.POOL]
     async with database.transaction(pool) as conn:
-        token = await agents.find_token(conn, secret)
-        if token is None:
-            raise errors.Unauthorized("invalid or revoked agent token")
-        if token.server_id != server_id:
-            raise errors.Forbidden("this token belongs to another server")
         server = await servers.get(conn, server_id)
         if report["generation"] != token.generation or token.generation < server.generation:
             raise errors.StaleGeneration(
