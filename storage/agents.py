@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import secrets
 import uuid
 
-from storage import database, queries
+from storage import database, queries, tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +37,15 @@ class Report:
     received_at: datetime.datetime
 
 
-def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 async def issue_token(conn: database.Conn, server_id: uuid.UUID, generation: int) -> str:
     """A new callback token for the generation, replacing any earlier one; returns the secret."""
     secret = "zlha_" + secrets.token_urlsafe(32)
-    await queries.fetchrow(conn, "issue_agent_token", server_id, generation, digest(secret))
+    await queries.fetchrow(conn, "issue_agent_token", server_id, generation, tokens.digest(secret))
     return secret
 
 
 async def find_token(conn: database.Conn, secret: str) -> AgentToken | None:
-    record = await queries.fetchrow(conn, "find_agent_token", digest(secret))
+    record = await queries.fetchrow(conn, "find_agent_token", tokens.digest(secret))
     return None if record is None else database.row(AgentToken, record)
 
 

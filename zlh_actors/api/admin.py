@@ -13,18 +13,13 @@ import datetime
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
 from storage import database, queries
-from zlh_actors.api import auth, keys
+from zlh_actors.api import auth, bodies, keys
 from zlh_actors.reconciler import reports
 
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=3)
-
-
-def _json(data: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=str), content_type="application/json")
 
 
 def _local(request: web.Request) -> list[dict[str, Any]]:
@@ -79,7 +74,7 @@ async def _fan_out(request: web.Request, method: str, path: str) -> tuple[list[A
 async def actors(request: web.Request) -> web.Response:
     auth.require_admin(request)
     if request.query.get("scope") == "local":
-        return _json({"actors": _local(request)})
+        return bodies.json_response({"actors": _local(request)})
     found = _local(request)
     answers, unreachable = await _fan_out(request, "GET", "/admin/v1/actors")
     for answer in answers:
@@ -100,14 +95,14 @@ async def actors(request: web.Request) -> web.Response:
                 last_transition={"event": summary["last_event"], "at": summary["last_at"]},
             )
     found.sort(key=lambda item: item["server_id"])
-    return _json({"actors": found, "unreachable": unreachable})
+    return bodies.json_response({"actors": found, "unreachable": unreachable})
 
 
 async def drift(request: web.Request) -> web.Response:
     """The newest reconciliation report of every replica (each covers the shards it owned)."""
     auth.require_admin(request)
     latest = await reports.latest(request.app[keys.POOL])
-    return _json({"reports": [report.to_wire() for report in latest]})
+    return bodies.json_response({"reports": [report.to_wire() for report in latest]})
 
 
 async def reconcile(request: web.Request) -> web.Response:
@@ -115,9 +110,9 @@ async def reconcile(request: web.Request) -> web.Response:
     auth.require_admin(request)
     local = (await request.app[keys.RECONCILER].run_now()).to_wire()
     if request.query.get("scope") == "local":
-        return _json(local)
+        return bodies.json_response(local)
     answers, unreachable = await _fan_out(request, "POST", "/admin/v1/reconcile")
-    return _json({"reports": [local, *answers], "unreachable": unreachable})
+    return bodies.json_response({"reports": [local, *answers], "unreachable": unreachable})
 
 
 async def shards(request: web.Request) -> web.Response:
@@ -126,7 +121,7 @@ async def shards(request: web.Request) -> web.Response:
         leases = await queries.fetch(conn, "list_leases")
         replicas = await queries.fetch(conn, "list_replicas")
     lease_timeout = request.app[keys.REPLICA].settings.lease_timeout
-    return _json(
+    return bodies.json_response(
         {
             "shards": [
                 {

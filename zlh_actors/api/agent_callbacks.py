@@ -17,8 +17,7 @@ from aiohttp import web
 from storage import agents, commands, database, servers
 from zlh_actors import errors
 from zlh_actors.agent import wire
-from zlh_actors.api import auth, keys
-from zlh_actors.api import servers as server_api
+from zlh_actors.api import auth, bodies, keys
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What the container says ends up in the journal and in `last_error`: keep it to a readable size.
@@ -41,7 +40,7 @@ async def report_status(request: web.Request) -> web.Response:
         raise errors.Unauthorized("invalid or revoked agent token")
     if token.server_id != server_id:
         raise errors.Forbidden("this token belongs to another server")
-    data = await server_api.read_json(request)
+    data = await bodies.read_json(request)
     try:
         report = wire.parse_report(data)
     except wire.BadRequest as exc:

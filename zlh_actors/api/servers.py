@@ -13,31 +13,16 @@ import re
 import uuid
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from storage import commands, database, idempotency, journal, servers
 from zlh_actors import errors
-from zlh_actors.api import auth, keys
+from zlh_actors.api import auth, bodies, keys
 from zlh_actors.servers import create, requests, views
 
 IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
 ACTIONS = frozenset({"start", "stop", "restart", "retry"})
 MAX_PAGE = 100
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise errors.BadRequest("the body is not valid JSON (UTF-8)", fields={"": str(exc)}) from None
 
 
 def _server_id(request: web.Request) -> uuid.UUID:
@@ -56,7 +41,7 @@ def _server_response(server: servers.Server, status: int = 200, **extra: Any) ->
     body = views.server(server)
     body.update(extra)
     headers = {"ETag": f'"{server.version}"', "Location": f"/v1/servers/{server.id}"}
-    return _json(body, status, headers)
+    return bodies.json_response(body, status, headers)
 
 
 async def create_server(request: web.Request) -> web.Response:
@@ -67,7 +52,7 @@ async def create_server(request: web.Request) -> web.Response:
             "an Idempotency-Key header of 1-255 visible ASCII characters is required",
             fields={"Idempotency-Key": "missing or malformed"},
         )
-    data = await read_json(request)
+    data = await bodies.read_json(request)
     parsed = requests.parse_create(data, request.app[keys.SETTINGS])
     answer = await create.create(
         request.app[keys.POOL],
@@ -81,7 +66,7 @@ async def create_server(request: web.Request) -> web.Response:
     headers = {"Location": f"/v1/servers/{answer.body['id']}"}
     if answer.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return _json(answer.body, answer.status, headers)
+    return bodies.json_response(answer.body, answer.status, headers)
 
 
 def _cursor(text: str | None) -> tuple[datetime.datetime, uuid.UUID] | None:
@@ -117,7 +102,7 @@ async def list_servers(request: web.Request) -> web.Response:
             limit=limit,
         )
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
-    return _json({"items": [views.server(row) for row in rows], "next_cursor": next_cursor})
+    return bodies.json_response({"items": [views.server(row) for row in rows], "next_cursor": next_cursor})
 
 
 async def get_server(request: web.Request) -> web.Response:
@@ -162,7 +147,7 @@ async def server_events(request: web.Request) -> web.Response:
         ) from None
     async with database.acquire(request.app[keys.POOL]) as conn:
         entries = await journal.entries(conn, server.id, after=max(after, 0), limit=min(max(limit, 1), 1000))
-    return _json({"items": [views.event(entry) for entry in entries]})
+    return bodies.json_response({"items": [views.event(entry) for entry in entries]})
 
 
 async def get_command(request: web.Request) -> web.Response:
@@ -175,4 +160,4 @@ async def get_command(request: web.Request) -> web.Response:
         command = await commands.get(conn, command_id)
     if command.server_id != server.id:
         raise errors.NotFound("no such command")
-    return _json(views.command(command))
+    return bodies.json_response(views.command(command))
