@@ -33,9 +33,6 @@ import asyncio
 import gc
 import json
 import linecache
-import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import machine, p99, rss_bytes
 from statemachines import chart, lifecycle
 from zlh_actors.runtime import actors
 
@@ -58,32 +56,6 @@ SETTLE_TIMEOUT = 120.0
 
 Keys = list[uuid.UUID]
 Reg = actors.Registry[uuid.UUID, str]
-
-
-# --- the machine ------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0))
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (
-        f"{os.cpu_count()} cores ({usable} usable), {model}; "
-        f"{platform.python_implementation()} {platform.python_version()}; "
-        f"{platform.system()} {platform.release()}; load average {load}"
-    )
-
-
-def rss_bytes() -> int:
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- what is measured -------------------------------------------------------------------------
@@ -236,18 +208,13 @@ async def timing(n: int) -> dict[str, Any]:
     }
 
 
-def p99(samples: Sequence[int]) -> float:
-    ordered = sorted(samples)
-    return float(ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)])
-
-
 def probe(name: str, n: int, top: int) -> dict[str, Any]:
     if name == "chart":
         return chart_memory()
     if name == "timing":
         return asyncio.run(timing(n))
     kind, method = name.split("-")
-    measure = rss_bytes
+    measure: Callable[[], int] = rss_bytes
     if method == "tracemalloc":
         tracemalloc.start()
         measure = traced

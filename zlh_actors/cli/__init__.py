@@ -1,0 +1,1 @@
+"""`zlh`: the operator's and tenant's command line for the control plane's HTTP API."""
