@@ -27,10 +27,10 @@ import pytest
 from storage import database
 from tests import helpers
 from tests.e2e import harness
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 from zlh_actors.runtime import ownership, shards
 
-SHARDS = 8  # what harness.environment_for configures
+SHARDS = 8  # what replicas.environment_for configures
 SAMPLE_INTERVAL = 0.05
 # How long a lease row and the lock may legitimately disagree: between taking a shard's lock and
 # recording the new epoch (which waits up to lock_timeout, 1 s, for writes in flight), and between a
@@ -170,7 +170,7 @@ class LeaseSampler:
 class Replica:
     """One `server.py` process of the deployment."""
 
-    def __init__(self, name: str, process: harness.ReplicaProcess) -> None:
+    def __init__(self, name: str, process: replicas.ReplicaProcess) -> None:
         self.name = name
         self.process = process
         self.id: uuid.UUID | None = None
@@ -250,9 +250,9 @@ class Deployment:
         started = []
         for _ in range(count):
             name = f"r{len(self.replicas)}"
-            port = harness.free_port()
-            environment = harness.environment_for(self.lab, self.url, port, **env)
-            replica = Replica(name, harness.ReplicaProcess(environment, port, self.logs / f"{name}.log"))
+            port = replicas.free_port()
+            environment = replicas.environment_for(self.lab, self.url, port, **env)
+            replica = Replica(name, replicas.ReplicaProcess(environment, port, self.logs / f"{name}.log"))
             self.replicas.append(replica)
             started.append(replica)
         for replica in started:
@@ -320,7 +320,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[world.Lab]:
 async def deployment(
     lab: world.Lab, db_url: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> AsyncIterator[Deployment]:
-    made = await harness.prepare_database(lab, db_url)
+    made = await replicas.prepare_database(lab, db_url)
     logs = tmp_path / "replicas"
     logs.mkdir()
     running = Deployment(lab, db_url, pool, logs, made)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e import harness
 from zlh_actors import service
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[world.Lab]:
 @pytest.fixture
 async def control(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterator[harness.Control]:
     """One replica in this process."""
-    made = await harness.prepare_database(lab, db_url)
+    made = await replicas.prepare_database(lab, db_url)
     settings = harness.settings_for(lab, db_url)
     async with service.running(settings, db_url):
         client = harness.Control([f"http://127.0.0.1:{settings.port}"], made, lab, pool)

@@ -8,43 +8,27 @@ left"). Replicas run either in this process (`service.running`) or as real `serv
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 
-from storage import database, tokens
 from tests import helpers
-from zlh_actors import config, operator_cli
+from zlh_actors import config
 from zlh_actors.lab import settings as lab_settings
 from zlh_actors.lab import world
+from zlh_actors.lab.replicas import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = {"minecraft_version": "1.21.1", "fabric": {"loader": "0.16.14", "installer": "1.0.1"}}
 
 
 def subnet() -> str:
     """A loopback /16 of its own, so labs of concurrent test runs never share an address."""
     return f"127.{random.randint(21, 250)}.0.0/16"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def settings_for(lab: world.Lab, url: str, **overrides: Any) -> config.Settings:
@@ -60,43 +44,6 @@ def settings_for(lab: world.Lab, url: str, **overrides: Any) -> config.Settings:
     }
     values.update(overrides)
     return lab_settings.applied(lab.settings, config.Settings(), **values)
-
-
-def environment_for(lab: world.Lab, url: str, port: int, **extra: str) -> dict[str, str]:
-    """The environment of a `server.py` replica against this lab and database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZLH_") and k != "DATABASE_URL"}
-    env.update(
-        DATABASE_URL=url,
-        ZLH_ENV_FILE=str(lab.env_file),
-        ZLH_PORT=str(port),
-        ZLH_ALLOW_HTTP_URLS="true",
-        ZLH_SHARDS="8",
-        ZLH_HEARTBEAT_INTERVAL="0.2",
-        ZLH_LEASE_TIMEOUT="1.5",
-        ZLH_STEP_TIMEOUT="30",
-        ZLH_INSTALL_TIMEOUT="30",
-        ZLH_PVE_LOCK_WAIT="2",
-        ZLH_LOG_LEVEL="INFO",
-    )
-    env.update(extra)
-    return env
-
-
-async def prepare_database(lab: world.Lab, url: str) -> dict[str, str]:
-    """Pin the lab's launchers and create tokens; returns {"alpha": ..., "beta": ..., "admin": ...}."""
-    conn = await database.connect(url)
-    try:
-        async with conn.transaction():
-            pins = json.loads((lab.directory / lab_settings.LAUNCHERS_FILE).read_text())
-            await operator_cli.pin_all(conn, pins)
-            made = {
-                "alpha": (await tokens.create(conn, "alpha", "user"))[1],
-                "beta": (await tokens.create(conn, "beta", "user"))[1],
-                "admin": (await tokens.create(conn, "ops", "admin"))[1],
-            }
-    finally:
-        await conn.close()
-    return made
 
 
 def agent_status(ip: str, port: int) -> dict[str, Any]:
@@ -197,59 +144,3 @@ class Control:
             "SELECT to_state FROM journal WHERE server_id = $1 ORDER BY seq", uuid.UUID(server_id)
         )
         return [row["to_state"] for row in rows]
-
-
-class ReplicaProcess:
-    """A real `server.py` replica, to be killed, frozen or stopped by a test."""
-
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py")],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self, timeout: float = 30.0) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def answers() -> bool:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"replica exited: {self.log_path.read_text()[-2000:]}")
-                try:
-                    async with session.get(f"{self.url}/readyz") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await helpers.assert_eventually(
-                answers, timeout=timeout, message=f"replica {self.port} not ready"
-            )
-
-    def signal(self, signum: signal.Signals) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signum)
-
-    async def wait_exit(self, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"replica {self.port} did not exit")
-            await asyncio.sleep(0.05)
-        return self.proc.returncode
-
-    async def close(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                await self.wait_exit(30)
-            except AssertionError:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()

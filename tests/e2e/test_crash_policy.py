@@ -14,14 +14,14 @@ import pytest
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors import service
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 
 RESTARTS = 2
 
 
 @pytest.fixture
 async def control(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterator[harness.Control]:
-    made = await harness.prepare_database(lab, db_url)
+    made = await replicas.prepare_database(lab, db_url)
     settings = harness.settings_for(
         lab, db_url, crash_restarts=RESTARTS, crash_window=120.0, crash_backoff=0.2, reconcile_interval=3600.0
     )

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from tests import helpers
 from tests.e2e import harness
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 
 
 @contextlib.asynccontextmanager
@@ -62,14 +62,14 @@ async def test_killing_the_owner_in_every_provisioning_step(
     tmp_path: Path, db_url: str, pool: asyncpg.Pool
 ) -> None:
     async with world.Lab(tmp_path / "lab", time_scale=0.02, warmup=6.0, subnet=harness.subnet()) as lab:
-        made = await harness.prepare_database(lab, db_url)
-        replicas = []
+        made = await replicas.prepare_database(lab, db_url)
+        processes: list[replicas.ReplicaProcess] = []
         for name in ("a", "b"):
-            port = harness.free_port()
-            env = harness.environment_for(lab, db_url, port, ZLH_SHARDS="1")
-            replicas.append(harness.ReplicaProcess(env, port, tmp_path / f"replica-{name}.log"))
-            await replicas[-1].ready()
-        control = harness.Control([r.url for r in replicas], made, lab, pool)
+            port = replicas.free_port()
+            env = replicas.environment_for(lab, db_url, port, ZLH_SHARDS="1")
+            processes.append(replicas.ReplicaProcess(env, port, tmp_path / f"replica-{name}.log"))
+            await processes[-1].ready()
+        control = harness.Control([r.url for r in processes], made, lab, pool)
         squat = socket.socket()
         try:
             mod = lab.files.add_mod("gated.jar").wire()
@@ -104,8 +104,8 @@ async def test_killing_the_owner_in_every_provisioning_step(
 
                 owner = await owner_of(pool)
                 owner_pid = await pool.fetchval("SELECT pid FROM replicas WHERE id = $1", owner)
-                victim = next(r for r in replicas if r.proc.pid == owner_pid)
-                survivor = next(r for r in replicas if r is not victim)
+                victim = next(r for r in processes if r.proc.pid == owner_pid)
+                survivor = next(r for r in processes if r is not victim)
                 control.base_urls = [survivor.url]
                 killed_at = time.monotonic()
                 victim.signal(signal.SIGKILL)
@@ -137,5 +137,5 @@ async def test_killing_the_owner_in_every_provisioning_step(
         finally:
             squat.close()
             await control.close()
-            for replica in replicas:
+            for replica in processes:
                 await replica.close()

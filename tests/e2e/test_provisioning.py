@@ -23,7 +23,7 @@ import pytest
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors import service
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 from zlh_actors.servers import provisioning
 
 
@@ -31,7 +31,7 @@ from zlh_actors.servers import provisioning
 async def control_for(
     lab: world.Lab, db_url: str, pool: asyncpg.Pool, **overrides: Any
 ) -> AsyncIterator[harness.Control]:
-    made = await harness.prepare_database(lab, db_url)
+    made = await replicas.prepare_database(lab, db_url)
     settings = harness.settings_for(lab, db_url, **overrides)
     async with service.running(settings, db_url):
         client = harness.Control([f"http://127.0.0.1:{settings.port}"], made, lab, pool)

@@ -23,7 +23,7 @@ from storage import commands, database
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors import service
-from zlh_actors.lab import world
+from zlh_actors.lab import replicas, world
 from zlh_actors.proxmox import marks
 from zlh_actors.reconciler import reports
 
@@ -34,7 +34,7 @@ Plane = tuple[harness.Control, service.Service]
 
 @pytest.fixture
 async def plane(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterator[Plane]:
-    made = await harness.prepare_database(lab, db_url)
+    made = await replicas.prepare_database(lab, db_url)
     settings = harness.settings_for(
         lab, db_url, reconcile_interval=3600.0, orphan_grace=GRACE, crash_backoff=0.1
     )

@@ -1,0 +1,128 @@
+"""Control-plane replicas as real `server.py` processes against a lab: for tests, chaos runs and benchmarks.
+
+`prepare_database` readies a migrated database for a lab (pins its launchers, makes tokens);
+`environment_for` is a replica's environment; `ReplicaProcess` starts one, waits for it to be
+ready, and signals it (kill -9, SIGSTOP/SIGCONT, SIGTERM) as the caller needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from storage import database, tokens
+from zlh_actors import operator_cli
+from zlh_actors.lab import settings as lab_settings
+from zlh_actors.lab import world
+
+ROOT = Path(__file__).resolve().parents[2]
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment_for(lab: world.Lab, url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `server.py` replica against this lab and database (fast test timings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZLH_") and k != "DATABASE_URL"}
+    env.update(
+        DATABASE_URL=url,
+        ZLH_ENV_FILE=str(lab.env_file),
+        ZLH_PORT=str(port),
+        ZLH_ALLOW_HTTP_URLS="true",
+        ZLH_SHARDS="8",
+        ZLH_HEARTBEAT_INTERVAL="0.2",
+        ZLH_LEASE_TIMEOUT="1.5",
+        ZLH_STEP_TIMEOUT="30",
+        ZLH_INSTALL_TIMEOUT="30",
+        ZLH_PVE_LOCK_WAIT="2",
+        ZLH_LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+async def prepare_database(
+    lab: world.Lab, url: str, tenants: tuple[str, ...] = ("alpha", "beta")
+) -> dict[str, str]:
+    """Pin the lab's launchers and make a user token per tenant plus an admin token ("admin")."""
+    conn = await database.connect(url)
+    try:
+        async with conn.transaction():
+            pins = json.loads((lab.directory / lab_settings.LAUNCHERS_FILE).read_text())
+            await operator_cli.pin_all(conn, pins)
+            made = {tenant: (await tokens.create(conn, tenant, "user"))[1] for tenant in tenants}
+            made["admin"] = (await tokens.create(conn, "ops", "admin"))[1]
+    finally:
+        await conn.close()
+    return made
+
+
+class ReplicaProcess:
+    """A real `server.py` replica, to be killed, frozen or stopped."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        """Wait until /readyz answers 200; raise RuntimeError if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"replica exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    async with session.get(f"{self.url}/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {self.port} not ready within {timeout}s")
+                await asyncio.sleep(POLL_INTERVAL)
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {self.port} did not exit within {timeout}s")
+            await asyncio.sleep(POLL_INTERVAL)
+        return self.proc.returncode
+
+    async def close(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                await self.wait_exit(30)
+            except RuntimeError:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
