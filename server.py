@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 
 from storage import database, migrate, tokens
-from zlh_actors import config, errors, localdb, operator_cli, service
+from zlh_actors import config, errors, localdb, logs, operator_cli, service
 
 log = logging.getLogger("zlh_actors.server")
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except errors.ConfigError as exc:
         print(f"zlh-actors: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except errors.ConfigError as exc:

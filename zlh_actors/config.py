@@ -66,6 +66,13 @@ def _log_level(text: str) -> str:
     return level
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
+
+
 def _flag(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -115,6 +122,7 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path(".zlh")
     log_level: str = "INFO"
+    log_format: str = "json"
     db_pool_size: int = 10
     db_connect_timeout: float = 10.0
     shards: int = 64
@@ -170,6 +178,13 @@ SETTINGS: tuple[Setting, ...] = (
         "directory for local state (the private database, the in-process lab)",
     ),
     Setting("ZLH_LOG_LEVEL", "log_level", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting(
+        "ZLH_LOG_FORMAT",
+        "log_format",
+        _log_format,
+        "json",
+        "json (one object per line, for journald and shippers) or text (for a terminal)",
+    ),
     Setting("ZLH_DB_POOL_SIZE", "db_pool_size", _positive, 10, "connections in the shared database pool"),
     Setting(
         "ZLH_DB_CONNECT_TIMEOUT",

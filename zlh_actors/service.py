@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from storage import database, migrate
-from zlh_actors import config, errors, metrics
+from zlh_actors import config, errors, logs, metrics
 from zlh_actors.api import app as api_app
 from zlh_actors.api import stream
 from zlh_actors.proxmox import driver as pve_driver
@@ -106,6 +106,7 @@ def _drift_by_kind(reconciler: reconciler_loop.Reconciler) -> list[tuple[metrics
 async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]:
     """The replica, serving HTTP on settings.host:settings.port, until the block exits."""
     replica_id = uuid.uuid4()
+    logs.set_replica(replica_id)
     conn = await database.connect(url, timeout=settings.db_connect_timeout)
     try:
         for migration in await migrate.migrate(conn):

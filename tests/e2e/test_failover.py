@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
@@ -56,6 +57,15 @@ async def owner_of(pool: asyncpg.Pool) -> uuid.UUID:
     owner = await pool.fetchval("SELECT owner FROM shard_leases WHERE shard = 0")
     assert isinstance(owner, uuid.UUID)
     return owner
+
+
+def assert_structured_logs(path: Path, server_ids: set[str]) -> None:
+    """Log records are JSON objects (a few start-up lines on stdout are not); the actors' name their
+    replica, server, shard and epoch."""
+    logged = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    actor_lines = [line for line in logged if line["logger"] == "zlh_actors.servers.actor"]
+    assert {line["server_id"] for line in actor_lines} == server_ids
+    assert all({"replica", "shard", "epoch"} <= line.keys() for line in actor_lines)
 
 
 async def test_killing_the_owner_in_every_provisioning_step(
@@ -134,6 +144,7 @@ async def test_killing_the_owner_in_every_provisioning_step(
             )
             assert len(epochs) >= 2, "the survivor wrote nothing under a new epoch"
             assert takeover < 2.0
+            assert_structured_logs(survivor.log_path, {server["id"] for server in held.values()})
         finally:
             squat.close()
             await control.close()

@@ -293,7 +293,7 @@ class LeaseManager:
             self.owned[shard] = epoch
             wanted -= 1
             taken.append(shard)
-            log.debug("acquired shard %d at epoch %d", shard, epoch)
+            log.debug("acquired shard %d at epoch %d", shard, epoch, extra={"shard": shard, "epoch": epoch})
             await self._listener.acquired(shard, epoch)
 
     async def _release(self, shard: int) -> None:
@@ -301,7 +301,12 @@ class LeaseManager:
         await self._while_beating(self._listener.releasing(shard))
         await self._q("release_lease", shard, self.replica_id)
         await self._val("unlock_shard", shards.LOCK_NAMESPACE, shard)
-        log.info("released shard %d (epoch %d) to balance or shut down", shard, epoch)
+        log.info(
+            "released shard %d (epoch %d) to balance or shut down",
+            shard,
+            epoch,
+            extra={"shard": shard, "epoch": epoch},
+        )
 
     async def stop(self) -> None:
         """Hand every shard off gracefully and deregister; safe to call twice."""

@@ -38,7 +38,7 @@ import asyncpg
 
 from statemachines import lifecycle
 from storage import allocations, commands, database, journal, servers
-from zlh_actors import errors, metrics
+from zlh_actors import errors, logs, metrics
 from zlh_actors.reconciler import repairs
 from zlh_actors.runtime import fencing
 from zlh_actors.servers import effects
@@ -170,6 +170,10 @@ class ServerHandler:
 
     async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
         lease = self.owner.lease_for(server_id)
+        with logs.bind(server_id=server_id, shard=lease.shard, epoch=lease.epoch):
+            return await self._wake(server_id, lease)
+
+    async def _wake(self, server_id: uuid.UUID, lease: fencing.Lease) -> str:
         writes = self._writes(lease)
         server = await self._apply_commands(server_id, lease, writes)
         for _ in range(MAX_STEPS_PER_WAKE):
@@ -214,6 +218,12 @@ class ServerHandler:
         return server
 
     async def _apply_command(
+        self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
+    ) -> servers.Server:
+        with logs.bind(command_id=command.id):
+            return await self._apply_one(conn, server, command, lease)
+
+    async def _apply_one(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
     ) -> servers.Server:
         if command.kind == "report":
