@@ -18,6 +18,8 @@ from typing import Any
 from zlh_actors import errors
 
 PREFIX = "ZLH_"
+# The `zlh` command line's own variables: exported in an operator's shell, they are not a misspelling.
+CLIENT_VARIABLES = frozenset({"ZLH_URL", "ZLH_TOKEN", "ZLH_CONFIG"})
 # The default container subnet is on loopback, where the lab's containers live.
 LAB_SUBNET = ipaddress.IPv4Network("127.20.0.0/16")
 
@@ -338,7 +340,9 @@ def load(environ: Mapping[str, str], **overrides: Any) -> Settings:
     if environ.get("ZLH_ENV_FILE"):
         environ = {**read_env_file(Path(environ["ZLH_ENV_FILE"])), **environ}
     known = {setting.env for setting in SETTINGS}
-    unknown = sorted(name for name in environ if name.startswith(PREFIX) and name not in known)
+    unknown = sorted(
+        name for name in environ if name.startswith(PREFIX) and name not in known | CLIENT_VARIABLES
+    )
     if unknown:
         raise errors.ConfigError(
             f"unknown setting {', '.join(unknown)}; known settings: {', '.join(sorted(known))}"

@@ -51,6 +51,8 @@ async def test_idempotency_key_rules(control: harness.Control) -> None:
     )
     assert status == 409, body  # a live server with that name already exists in the tenant
     assert body["type"].endswith("name-taken")
+    assert body["title"] == "a live server named 'keyed' already exists"
+    assert body["fields"] == {"name": "taken"}
     same_key_other_tenant = await control.create("keyed", key=key, who="beta")
     assert same_key_other_tenant["id"] != first["id"]
 

@@ -34,6 +34,10 @@ def test_unrelated_environment_is_ignored() -> None:
     assert config.load({"HOME": "/root", "PATH": "/bin"}).port == 8080
 
 
+def test_the_command_lines_variables_are_not_taken_for_misspelled_settings() -> None:
+    assert config.load({"ZLH_URL": "http://x", "ZLH_TOKEN": "t", "ZLH_CONFIG": "/c"}).port == 8080
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

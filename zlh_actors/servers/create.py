@@ -151,15 +151,20 @@ async def _create_once(
         await allocations.lock(conn)
         node = await placement.choose(conn, request.memory_mb, nodes)
         server_id = servers.ServerId(uuid.uuid4())
-        server = await servers.insert(
-            conn,
-            tenant=tenant,
-            name=request.name,
-            spec=request.spec(),
-            state="requested",
-            event=REQUEST_EVENT,
-            server_id=server_id,
-        )
+        try:
+            server = await servers.insert(
+                conn,
+                tenant=tenant,
+                name=request.name,
+                spec=request.spec(),
+                state="requested",
+                event=REQUEST_EVENT,
+                server_id=server_id,
+            )
+        except errors.NameTaken:
+            raise errors.NameTaken(
+                f"a live server named {request.name!r} already exists", fields={"name": "taken"}
+            ) from None
         low, high = settings.vmid_range
         vmid = await allocations.allocate_vmid(conn, server_id, low, high)
         gateway = [settings.ip_gateway] if settings.ip_gateway else []

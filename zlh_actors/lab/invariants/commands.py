@@ -1,0 +1,113 @@
+"""Invariant 6: every accepted command has its effect in the journal, and none was applied twice.
+
+A command's effect is the journal entries that cite its id, and the server actor writes them in
+the transaction that accepts it, so they are consecutive entries of its own server. What a
+command must have left, by kind (zlh_actors/servers/actor.py):
+
+- a user command (`actor.COMMAND_EVENTS`: create, start, stop, ...), accepted or done: exactly one
+  entry, of its event;
+- an agent `report`: none (a report that is only news) or one (`crashed`, `stopped`);
+- a reconciler `drift`: at least one (the repair's events), all consecutive; while it is still
+  `accepted`, exactly the events its result lists;
+- a rejected command: none. A command still `queued` once the system is quiescent was never applied:
+  that is a violation too (the API answered 202 for it).
+
+And from the clients' side: the `create` command a 2xx create answer named exists, for that server.
+"""
+
+from __future__ import annotations
+
+import collections
+import uuid
+
+from zlh_actors.lab.invariants import model
+from zlh_actors.reconciler import repairs
+from zlh_actors.servers import actor
+
+REPORT_KIND = "report"
+
+
+def check(database: model.Database, log: model.ClientLog | None) -> list[model.Violation]:
+    found: list[model.Violation] = []
+    cited: dict[uuid.UUID, list[model.Entry]] = collections.defaultdict(list)
+    for entry in database.journal:
+        if entry.command_id is not None:
+            cited[entry.command_id].append(entry)
+    known = {command.id: command for command in database.commands}
+    for command_id in sorted(cited.keys() - known.keys(), key=str):
+        entry = cited[command_id][0]
+        found.append(
+            model.Violation(
+                6,
+                f"journal of server {entry.server_id} (seq {entry.seq}) cites command {command_id}, "
+                "which does not exist",
+            )
+        )
+    for command in sorted(known.values(), key=lambda command: str(command.id)):
+        entries = sorted(cited.get(command.id, []), key=lambda entry: (str(entry.server_id), entry.seq))
+        name = f"command {command.id} ({command.kind}, {command.status}) of server {command.server_id}"
+        found.extend(model.Violation(6, f"{name} {why}") for why in _effect(command, entries))
+    if log is not None:
+        found.extend(_answered(database, log))
+    return found
+
+
+def _effect(command: model.Command, entries: list[model.Entry]) -> list[str]:
+    problems = []
+    if any(entry.server_id != command.server_id for entry in entries):
+        problems.append("is cited by another server's journal")
+    seqs = [entry.seq for entry in entries]
+    if seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+        problems.append(f"was applied more than once: journal entries {seqs} are not consecutive")
+    events = [entry.event for entry in entries]
+    if command.status == "queued":
+        problems.append("was never applied (still queued)")
+    elif command.status == "rejected":
+        if entries:
+            problems.append(f"was rejected, yet the journal records it ({', '.join(events)})")
+    elif command.kind in actor.COMMAND_EVENTS:
+        expected = actor.COMMAND_EVENTS[command.kind]
+        if not entries:
+            problems.append("has no effect in the journal")
+        elif events != [expected]:
+            problems.append(f"should be one {expected} in the journal, found {events}")
+    elif command.kind == REPORT_KIND:
+        if len(entries) > 1:
+            problems.append(f"was applied {len(entries)} times ({', '.join(events)})")
+        elif events and events[0] not in {event for event, _ in actor.REPORT_EVENTS.values()}:
+            problems.append(f"recorded {events[0]}, which no agent report leads to")
+    elif command.kind == repairs.COMMAND_KIND:
+        if not entries:
+            problems.append("has no effect in the journal")
+        listed = command.result.get("events") if isinstance(command.result, dict) else None
+        if command.status == "accepted" and isinstance(listed, list) and events != listed:
+            problems.append(f"lists the repair {listed}, the journal has {events}")
+    return problems
+
+
+def _answered(database: model.Database, log: model.ClientLog) -> list[model.Violation]:
+    known = {str(command.id): command for command in database.commands}
+    found = []
+    seen = set()
+    for answer in log.answers:
+        server_id = answer.server_id
+        named = answer.body.get("command") if server_id is not None and answer.body is not None else None
+        command_id = named.get("id") if isinstance(named, dict) else None
+        if server_id is None or command_id is None or command_id in seen:
+            continue
+        seen.add(command_id)
+        command = known.get(str(command_id))
+        if command is None:
+            found.append(
+                f"the create of server {server_id} answered command {command_id}, which does not exist"
+            )
+        elif (str(command.server_id), command.kind) != (server_id, "create"):
+            found.append(
+                f"the create of server {server_id} answered command {command_id}, which is a "
+                f"{command.kind} of server {command.server_id}"
+            )
+    return [model.Violation(6, detail) for detail in found]
+
+
+def checked(database: model.Database) -> int:
+    return len(database.commands)
