@@ -51,3 +51,16 @@ ensure_venv() {
         echo "$wanted" >>"$stamp"
     fi
 }
+
+# ensure_chromium: the dashboard's browser test drives Debian's chromium at /usr/bin/chromium (Playwright
+# is given its path and never downloads a browser). As root with apt-get we install it; otherwise say what to do.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "chromium is missing; installing Debian's chromium with apt-get" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "error: /usr/bin/chromium is missing; install Debian's chromium package (apt-get install chromium)" >&2
+        return 1
+    fi
+}

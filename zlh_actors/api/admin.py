@@ -16,10 +16,20 @@ import aiohttp
 from aiohttp import web
 
 from storage import database, queries
+from zlh_actors import errors
 from zlh_actors.api import auth, bodies, keys
 from zlh_actors.reconciler import reports
 
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=3)
+LOCAL = "local"
+
+
+def _only_local(request: web.Request) -> bool:
+    """`?scope=local` (this replica alone, how replicas ask each other); any other scope is a 400."""
+    scope = request.query.get("scope")
+    if scope not in (None, LOCAL):
+        raise errors.BadRequest("unknown scope", fields={"scope": f"must be {LOCAL!r} or absent"})
+    return scope == LOCAL
 
 
 def _local(request: web.Request) -> list[dict[str, Any]]:
@@ -54,7 +64,7 @@ async def _fan_out(request: web.Request, method: str, path: str) -> tuple[list[A
         ]
 
     async def ask(session: aiohttp.ClientSession, row: Any) -> Any:
-        url = f"http://{row['host']}:{row['http_port']}{path}?scope=local"
+        url = f"http://{row['host']}:{row['http_port']}{path}?scope={LOCAL}"
         headers = {"Authorization": request.headers["Authorization"]}
         async with session.request(method, url, headers=headers) as response:
             response.raise_for_status()
@@ -73,7 +83,7 @@ async def _fan_out(request: web.Request, method: str, path: str) -> tuple[list[A
 
 async def actors(request: web.Request) -> web.Response:
     auth.require_admin(request)
-    if request.query.get("scope") == "local":
+    if _only_local(request):
         return bodies.json_response({"actors": _local(request)})
     found = _local(request)
     answers, unreachable = await _fan_out(request, "GET", "/admin/v1/actors")
@@ -108,8 +118,9 @@ async def drift(request: web.Request) -> web.Response:
 async def reconcile(request: web.Request) -> web.Response:
     """Run a reconciliation now on every replica (each over its own shards) and return the reports."""
     auth.require_admin(request)
+    only_local = _only_local(request)
     local = (await request.app[keys.RECONCILER].run_now()).to_wire()
-    if request.query.get("scope") == "local":
+    if only_local:
         return bodies.json_response(local)
     answers, unreachable = await _fan_out(request, "POST", "/admin/v1/reconcile")
     return bodies.json_response({"reports": [local, *answers], "unreachable": unreachable})

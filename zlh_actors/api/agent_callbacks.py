@@ -22,6 +22,9 @@ from zlh_actors.api import auth, bodies, keys
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What the container says ends up in the journal and in `last_error`: keep it to a readable size.
 MAX_DETAIL = 1024
+MAX_SEQ = 2**63 - 1  # agent_reports.seq is a bigint
+NO_NUL = "^[^\x00]*$"  # PostgreSQL text cannot hold a NUL character
+_NO_NUL = re.compile(NO_NUL)
 
 
 async def report_status(request: web.Request) -> web.Response:
@@ -45,6 +48,11 @@ async def report_status(request: web.Request) -> web.Response:
         report = wire.parse_report(data)
     except wire.BadRequest as exc:
         raise errors.BadRequest("invalid report", fields={exc.field: exc.message}) from None
+    if report["seq"] > MAX_SEQ:
+        raise errors.BadRequest("invalid report", fields={"seq": f"must be at most {MAX_SEQ}"})
+    for field, text in (("manifest_sha256", report["manifest_sha256"]), ("detail", report["detail"])):
+        if not _NO_NUL.fullmatch(text):
+            raise errors.BadRequest("invalid report", fields={field: "must not contain a NUL character"})
     async with database.transaction(pool) as conn:
         server = await servers.get(conn, server_id)
         if report["generation"] != token.generation or token.generation < server.generation:

@@ -8,7 +8,18 @@ import asyncpg
 from aiohttp import web
 
 from zlh_actors import config, metrics
-from zlh_actors.api import admin, agent_callbacks, auth, health, keys, problems, servers, stream
+from zlh_actors.api import (
+    admin,
+    agent_callbacks,
+    auth,
+    dashboard,
+    health,
+    keys,
+    openapi,
+    problems,
+    servers,
+    stream,
+)
 from zlh_actors.reconciler import loop
 from zlh_actors.runtime import replica
 from zlh_actors.servers import actor, create
@@ -45,11 +56,12 @@ def make_app(deps: Deps) -> web.Application:
             web.get("/healthz", health.healthz),
             web.get("/readyz", health.readyz),
             web.get("/metrics", health.metrics),
+            web.get(openapi.PATH, openapi.serve),
             web.post("/v1/servers", servers.create_server),
             web.get("/v1/servers", servers.list_servers),
             web.get("/v1/servers/{server_id}", servers.get_server),
             web.delete("/v1/servers/{server_id}", servers.delete_server),
-            web.post("/v1/servers/{server_id}/{action}", servers.server_action),
+            web.post(servers.ACTION_PATH, servers.server_action),
             web.get("/v1/servers/{server_id}/events", servers.server_events),
             web.get("/v1/servers/{server_id}/commands/{command_id}", servers.get_command),
             web.get(stream.PATH, stream.handler),
@@ -58,6 +70,8 @@ def make_app(deps: Deps) -> web.Application:
             web.get("/admin/v1/shards", admin.shards),
             web.get("/admin/v1/drift", admin.drift),
             web.post("/admin/v1/reconcile", admin.reconcile),
+            web.get("/", dashboard.index),
+            web.get(dashboard.ASSET_PREFIX + "{name}", dashboard.asset),
         ]
     )
     return app

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from zlh_actors import errors
+from zlh_actors.api import bodies
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,15 @@ _STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
     (errors.Forbidden, 403, "forbidden"),
     (errors.Overloaded, 503, "overloaded"),
     (errors.BadRequest, 400, "bad-request"),
+    (bodies.UnsupportedMediaType, 415, "unsupported-media-type"),
     (errors.CapacityExhausted, 503, "capacity-exhausted"),
     (errors.StorageUnavailable, 503, "storage-unavailable"),
     (errors.OwnershipLost, 503, "ownership-lost"),
     (errors.Transient, 503, "unavailable"),
 )
+
+# Titles for errors translated from a database constraint (whose message is PostgreSQL's).
+_CONSTRAINT_TITLES = {"name-taken": "a live server with this name already exists"}
 
 # The structured details a client may see; anything else (Proxmox texts, SQL states, task logs)
 # stays in the logs.
@@ -49,14 +54,25 @@ PUBLIC_DETAILS = frozenset(
 )
 
 
-def problem(status: int, title: str, *, slug: str = "about:blank", **extra: Any) -> web.Response:
+# Headers of aiohttp's own errors that the client needs (RFC 9110 requires Allow on a 405).
+_KEPT_HEADERS = ("Allow",)
+
+
+def problem(
+    status: int,
+    title: str,
+    *,
+    slug: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
     body: dict[str, Any] = {
         "type": slug if slug == "about:blank" else f"/problems/{slug}",
         "title": title,
         "status": status,
     }
     body.update(extra)
-    return web.Response(status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE)
+    return web.Response(status=status, body=orjson.dumps(body), content_type=CONTENT_TYPE, headers=headers)
 
 
 def from_error(exc: errors.ZlhError) -> web.Response:
@@ -65,6 +81,9 @@ def from_error(exc: errors.ZlhError) -> web.Response:
             if status == 503 and not isinstance(exc, errors.CapacityExhausted | errors.Overloaded):
                 log.warning("answering 503: %s", exc)
                 title = "temporarily unavailable; try again"
+            elif "constraint" in exc.details:
+                # The database's own words name tables and SQL; the client gets the rule instead.
+                title = _CONSTRAINT_TITLES.get(slug, "conflicts with existing data")
             else:
                 title = exc.message
             extra = {k: _jsonable(v) for k, v in exc.details.items() if k in PUBLIC_DETAILS}
@@ -95,7 +114,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.reason)
+        kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+        return problem(exc.status, exc.reason, headers=kept)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "internal error", slug="internal")

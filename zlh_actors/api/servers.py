@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from statemachines import lifecycle
 from storage import commands, database, idempotency, journal, servers
 from zlh_actors import errors
 from zlh_actors.api import auth, bodies, keys
@@ -22,7 +23,19 @@ from zlh_actors.servers import create, requests, views
 
 IDEMPOTENCY_KEY = re.compile(r"^[!-~]{1,255}$")
 ACTIONS = frozenset({"start", "stop", "restart", "retry"})
-MAX_PAGE = 100
+# The actions are in the route itself, so `/v1/servers/{id}/events` never matches it: a 405 there
+# advertises only GET in its Allow header, and an unknown action is the router's 404.
+ACTION_PATH = "/v1/servers/{server_id}/{action:" + "|".join(sorted(ACTIONS)) + "}"
+DEFAULT_PAGE, MAX_PAGE = 50, 100
+MAX_EVENTS = 1000
+MAX_SEQ = 2**31 - 1  # journal.seq is an integer column
+# `?state=`: a state, or a group of them by its prefix ("provisioning."). An unknown one is a 400,
+# not an empty page, so a typo is not mistaken for "no such servers".
+STATE_FILTERS = (
+    *lifecycle.STATES,
+    *sorted({state.split(".")[0] + "." for state in lifecycle.STATES if "." in state}),
+)
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")
 
 
 def _server_id(request: web.Request) -> uuid.UUID:
@@ -47,7 +60,7 @@ def _server_response(server: servers.Server, status: int = 200, **extra: Any) ->
 async def create_server(request: web.Request) -> web.Response:
     who = auth.principal(request)
     key = request.headers.get("Idempotency-Key")
-    if key is None or not IDEMPOTENCY_KEY.match(key):
+    if key is None or not IDEMPOTENCY_KEY.fullmatch(key):
         raise errors.BadRequest(
             "an Idempotency-Key header of 1-255 visible ASCII characters is required",
             fields={"Idempotency-Key": "missing or malformed"},
@@ -74,8 +87,9 @@ def _cursor(text: str | None) -> tuple[datetime.datetime, uuid.UUID] | None:
         return None
     try:
         created, _, server_id = base64.urlsafe_b64decode(text.encode()).decode().partition("|")
-        return datetime.datetime.fromisoformat(created), uuid.UUID(server_id)
-    except (ValueError, UnicodeDecodeError):
+        # In UTC here: a far-off offset near year 1 or 9999 must fail now, not in the driver.
+        return datetime.datetime.fromisoformat(created).astimezone(datetime.UTC), uuid.UUID(server_id)
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise errors.BadRequest(
             "malformed cursor", fields={"cursor": "not a cursor this API issued"}
         ) from None
@@ -85,19 +99,32 @@ def _encode_cursor(server: servers.Server) -> str:
     return base64.urlsafe_b64encode(f"{server.created_at.isoformat()}|{server.id}".encode()).decode()
 
 
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter in [low, high]: plain ASCII digits, else a 400 naming it."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not _WHOLE_NUMBER.fullmatch(text) or not low <= int(text) <= high:
+        raise errors.BadRequest(
+            f"{name} must be a whole number from {low} to {high}",
+            fields={name: f"must be a whole number from {low} to {high}"},
+        )
+    return int(text)
+
+
 async def list_servers(request: web.Request) -> web.Response:
     who = auth.principal(request)
-    try:
-        limit = int(request.query.get("limit", "50"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_PAGE:
-        raise errors.BadRequest(f"limit must be 1-{MAX_PAGE}", fields={"limit": f"must be 1-{MAX_PAGE}"})
+    limit = _query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    state = request.query.get("state") or None
+    if state is not None and state not in STATE_FILTERS:
+        raise errors.BadRequest(
+            "unknown state", fields={"state": "a state, or a prefix such as 'provisioning.'"}
+        )
     async with database.acquire(request.app[keys.POOL]) as conn:
         rows = await servers.page(
             conn,
             tenant=who.scope(),
-            state=request.query.get("state") or None,
+            state=state,
             after=_cursor(request.query.get("cursor")),
             limit=limit,
         )
@@ -126,10 +153,7 @@ async def _command(request: web.Request, kind: str) -> web.Response:
 
 
 async def server_action(request: web.Request) -> web.Response:
-    action = request.match_info["action"]
-    if action not in ACTIONS:
-        raise errors.NotFound("no such action", action=action)
-    return await _command(request, action)
+    return await _command(request, request.match_info["action"])
 
 
 async def delete_server(request: web.Request) -> web.Response:
@@ -137,16 +161,11 @@ async def delete_server(request: web.Request) -> web.Response:
 
 
 async def server_events(request: web.Request) -> web.Response:
+    after = _query_int(request, "after", 0, 0, MAX_SEQ)
+    limit = _query_int(request, "limit", MAX_EVENTS, 1, MAX_EVENTS)
     server = await _visible(request, _server_id(request))
-    try:
-        after = int(request.query.get("after", "0"))
-        limit = int(request.query.get("limit", "1000"))
-    except ValueError:
-        raise errors.BadRequest(
-            "after and limit must be whole numbers", fields={"after": "integer"}
-        ) from None
     async with database.acquire(request.app[keys.POOL]) as conn:
-        entries = await journal.entries(conn, server.id, after=max(after, 0), limit=min(max(limit, 1), 1000))
+        entries = await journal.entries(conn, server.id, after=after, limit=limit)
     return bodies.json_response({"items": [views.event(entry) for entry in entries]})
 
 
