@@ -133,6 +133,10 @@ SELECT * FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 -- Revoke a token by id; returns it if it was live. $1 id
 UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING *;
 
+-- live_tokens --
+-- Every live (not revoked) token, oldest first, for an operator choosing which to revoke. No parameters
+SELECT * FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at, id;
+
 -- register_replica --
 -- Record (or refresh) a live replica. $1 id, $2 host, $3 pid, $4 http_port
 INSERT INTO replicas (id, host, pid, http_port) VALUES ($1, $2, $3, $4)

@@ -48,6 +48,11 @@ async def authenticate(conn: database.Conn, secret: str) -> Token | None:
     return None if record is None else database.row(Token, record)
 
 
+async def live(conn: database.Conn) -> list[Token]:
+    """Every token not revoked, oldest first."""
+    return [database.row(Token, record) for record in await queries.fetch(conn, "live_tokens")]
+
+
 async def revoke(conn: database.Conn, token_id: uuid.UUID) -> Token:
     record = await queries.fetchrow(conn, "revoke_token", token_id)
     if record is None:

@@ -31,15 +31,22 @@ FIELDS = ("replica", "server_id", "command_id", "shard", "epoch")
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "zlh_log_context", default=None
 )
-_replica: str | None = None
+_replica: contextvars.ContextVar[str | None] = contextvars.ContextVar("zlh_log_replica", default=None)
 # What every LogRecord has of its own; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-def set_replica(replica_id: object) -> None:
-    """Name this process's replica in every line from now on."""
-    global _replica
-    _replica = None if replica_id is None else str(replica_id)
+@contextlib.contextmanager
+def replica(replica_id: object) -> Iterator[None]:
+    """Name the replica in every line logged inside, and by every task and thread started inside.
+
+    A context variable rather than a global: tests run several replicas in one process.
+    """
+    token = _replica.set(str(replica_id))
+    try:
+        yield
+    finally:
+        _replica.reset(token)
 
 
 @contextlib.contextmanager
@@ -56,8 +63,9 @@ def bind(**fields: Any) -> Iterator[None]:
 def context(record: logging.LogRecord) -> dict[str, Any]:
     """The fields of one line: the replica, the bound context, then the call's `extra`."""
     fields: dict[str, Any] = {}
-    if _replica is not None:
-        fields["replica"] = _replica
+    named = _replica.get()
+    if named is not None:
+        fields["replica"] = named
     fields.update(_context.get() or {})
     for key, value in vars(record).items():
         if key not in _STANDARD and not key.startswith("_"):

@@ -1,6 +1,7 @@
 """Operator commands that talk to the database directly (they need `DATABASE_URL`).
 
     python -m zlh_actors tokens create --tenant T [--admin] [--label L]
+    python -m zlh_actors tokens list                 (live tokens: id, tenant, role, created, label)
     python -m zlh_actors tokens revoke TOKEN_ID
     python -m zlh_actors launchers pin --minecraft V --loader V --installer V --url URL --sha256 HEX
                                        [--size N]
@@ -41,6 +42,14 @@ def _tokens_create(args: argparse.Namespace) -> Callable[[database.Conn], Awaita
         token, secret = await tokens.create(conn, args.tenant, "admin" if args.admin else "user", args.label)
         print(f"token {token.id} for tenant {token.tenant} ({token.role})")
         print(secret)
+
+    return run
+
+
+def _tokens_list(args: argparse.Namespace) -> Callable[[database.Conn], Awaitable[None]]:
+    async def run(conn: database.Conn) -> None:
+        for token in await tokens.live(conn):
+            print(f"{token.id}\t{token.tenant}\t{token.role}\t{token.created_at.isoformat()}\t{token.label}")
 
     return run
 
@@ -119,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true")
     create.add_argument("--label", default="")
     create.set_defaults(action=_tokens_create)
+    token.add_parser("list", help="list live API tokens: id, tenant, role, created, label").set_defaults(
+        action=_tokens_list
+    )
     revoke = token.add_parser("revoke", help="revoke an API token")
     revoke.add_argument("token_id")
     revoke.set_defaults(action=_tokens_revoke)

@@ -106,7 +106,6 @@ def _drift_by_kind(reconciler: reconciler_loop.Reconciler) -> list[tuple[metrics
 async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]:
     """The replica, serving HTTP on settings.host:settings.port, until the block exits."""
     replica_id = uuid.uuid4()
-    logs.set_replica(replica_id)
     conn = await database.connect(url, timeout=settings.db_connect_timeout)
     try:
         for migration in await migrate.migrate(conn):
@@ -116,6 +115,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
     leases = lease_settings(settings)
     key = enrollment_key(settings)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(logs.replica(replica_id))
         pool = await database.create_pool(
             url,
             max_size=settings.db_pool_size,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from zlh_actors import logs
+from zlh_actors.runtime import actors
 
 
 @pytest.fixture
@@ -24,7 +25,6 @@ def captured() -> Iterator[tuple[io.StringIO, logging.Logger]]:
     try:
         yield stream, logging.getLogger("zlh_actors.test")
     finally:
-        logs.set_replica(None)
         root.handlers[:], root.level = saved
 
 
@@ -39,11 +39,12 @@ def test_a_line_carries_the_bound_context_and_the_calls_extra_fields(
 ) -> None:
     stream, log = captured
     server, command = uuid.uuid4(), uuid.uuid4()
-    logs.set_replica("r-1")
-    with logs.bind(server_id=server, shard=3, epoch=7), logs.bind(command_id=command):
-        log.info("moved %s", "on", extra={"vmid": 10001})
-    log.warning("outside")
-    inside, outside = lines(stream)
+    with logs.replica("r-1"):
+        with logs.bind(server_id=server, shard=3, epoch=7), logs.bind(command_id=command):
+            log.info("moved %s", "on", extra={"vmid": 10001})
+        log.warning("outside")
+    log.warning("no replica")
+    inside, outside, anonymous = lines(stream)
     assert inside["msg"] == "moved on"
     assert inside["level"] == "INFO"
     assert inside["logger"] == "zlh_actors.test"
@@ -52,6 +53,7 @@ def test_a_line_carries_the_bound_context_and_the_calls_extra_fields(
     assert (inside["replica"], inside["shard"], inside["epoch"], inside["vmid"]) == ("r-1", 3, 7, 10001)
     assert str(inside["ts"]).endswith("+00:00")
     assert outside == {k: outside[k] for k in ("ts", "level", "logger", "msg", "replica")}
+    assert "replica" not in anonymous
 
 
 def test_an_exception_stays_inside_its_one_line(captured: tuple[io.StringIO, logging.Logger]) -> None:
@@ -91,3 +93,29 @@ def test_text_lines_append_the_context_in_a_fixed_order() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="json, text"):
         logs.configure("INFO", "xml")
+
+
+async def test_the_supervisors_lines_name_the_actors_key(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    stream, _ = captured
+    failed = asyncio.Event()
+
+    async def handler(key: str, message: str) -> None:
+        failed.set()
+        raise RuntimeError("boom")
+
+    registry: actors.Registry[str, str] = actors.Registry(
+        "thing",
+        handler,
+        restart_message=str,
+        policy=actors.Policy(max_restarts=0),
+        key_field="server_id",
+    )
+    with pytest.raises(RuntimeError):
+        await registry.ask("k-1", "go", timeout=5)
+    await registry.shutdown(timeout=5)
+    parsed = [json.loads(line) for line in stream.getvalue().splitlines()]
+    supervisor = [line for line in parsed if line["logger"] == "zlh_actors.runtime.actors"]
+    assert supervisor, "the supervisor logged nothing"
+    assert all(line["server_id"] == "k-1" for line in supervisor)

@@ -97,8 +97,11 @@ class Registry(Generic[K, M]):
         restart_message: Callable[[K], M],
         on_give_up: Callable[[K, BaseException], Awaitable[None]] | None = None,
         policy: Policy = Policy(),
+        key_field: str = "key",
     ) -> None:
+        """`key_field` names the key in the supervisor's structured log lines (e.g. "server_id")."""
         self.name = name
+        self._key_field = key_field
         self._handler = handler
         self._restart_message = restart_message
         self._on_give_up = on_give_up
@@ -145,6 +148,9 @@ class Registry(Generic[K, M]):
         actor.task = asyncio.create_task(self._supervise(actor), name=f"{self.name}:{key}")
         return actor
 
+    def _fields(self, actor: Actor[K, M]) -> dict[str, str]:
+        return {self._key_field: str(actor.key)}
+
     async def _supervise(self, actor: Actor[K, M]) -> None:
         crashes: collections.deque[float] | None = None  # created on the first crash: most actors never crash
         outages = 0
@@ -154,14 +160,27 @@ class Registry(Generic[K, M]):
                     await self._run(actor)
                     return
                 except errors.OwnershipLost as exc:
-                    log.warning("%s actor %s stopped: ownership lost (%s)", self.name, actor.key, exc)
+                    log.warning(
+                        "%s actor %s stopped: ownership lost (%s)",
+                        self.name,
+                        actor.key,
+                        exc,
+                        extra=self._fields(actor),
+                    )
                     return
                 except errors.Transient as exc:
                     # The database or Proxmox is briefly away: not the actor's fault, and no reason
                     # to give up on (and fail) the server. Retry, backing off to `backoff_max`.
                     outages += 1
                     delay = min(self.policy.backoff_base * 2 ** (outages - 1), self.policy.backoff_max)
-                    log.warning("%s actor %s: %s; retrying in %.2fs", self.name, actor.key, exc, delay)
+                    log.warning(
+                        "%s actor %s: %s; retrying in %.2fs",
+                        self.name,
+                        actor.key,
+                        exc,
+                        delay,
+                        extra=self._fields(actor),
+                    )
                     await asyncio.sleep(delay)
                     actor.mailbox.appendleft(_Envelope(self._restart_message(actor.key), None))
                     continue
@@ -181,6 +200,7 @@ class Registry(Generic[K, M]):
                             len(crashes),
                             self.policy.restart_window,
                             exc,
+                            extra=self._fields(actor),
                         )
                         if self._on_give_up is not None:
                             await self._on_give_up(actor.key, exc)
@@ -194,6 +214,7 @@ class Registry(Generic[K, M]):
                         exc,
                         delay,
                         exc_info=exc,
+                        extra=self._fields(actor),
                     )
                     await asyncio.sleep(delay)
                     actor.mailbox.appendleft(_Envelope(self._restart_message(actor.key), None))

@@ -32,6 +32,7 @@ def build(
         restart_message=actor.Wake,
         on_give_up=handler.give_up,
         policy=policy or actors.Policy(),
+        key_field="server_id",
     )
 
     async def find_pending(shards: list[int]) -> list[uuid.UUID]:
