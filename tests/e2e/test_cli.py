@@ -5,31 +5,40 @@ service runs in this one) with the output captured, except one test that runs th
 as a real subprocess. The stream's resumption is tested through `CuttingProxy`, a TCP proxy in
 front of the service that cuts every connection and refuses new ones for a while, so the CLI sees
 a dropped connection while transitions happen that it must not miss.
+
+Peers the service never is (a mod host that redirects or announces a length of 0, a port that
+answers with an SSH banner, a stream that upgrades and then sends garbage) are small stubs in this
+process; the tests that need nothing else do without the lab.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import re
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors.api import stream
-from zlh_actors.cli import main, render
+from zlh_actors.cli import main, render, watch
 from zlh_actors.lab.replicas import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("--minecraft", "1.21.1", "--loader", "0.16.14", "--installer", "1.0.1")
+SHA512 = "ab" * 64
 
 
 @dataclasses.dataclass
@@ -82,21 +91,76 @@ def mod_flag(control: harness.Control, name: str, tamper: Any = None) -> str:
     return f"{name}={mod.url}#{mod.sha512}"
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a free loopback port, as its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def mod_host(redirects: dict[str, str]) -> web.Application:
+    """A mod host: `/moved/NAME` redirects (302, with a body of its own) as `redirects` says, and
+    `/unsized` answers without announcing a size (Content-Length: 0, as some hosts do for HEAD)."""
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(redirects[request.match_info["name"]], text="302: see the Location header")
+
+    async def unsized(request: web.Request) -> web.StreamResponse:
+        return web.Response(headers={"Content-Length": "0"})
+
+    app = web.Application()
+    app.router.add_get("/moved/{name}", moved)
+    app.router.add_get("/unsized", unsized)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def ssh_port() -> AsyncIterator[str]:
+    """A port that answers like sshd: a banner, not HTTP (a mistyped --url)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            await reader.read()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_create_prints_its_key_and_the_same_key_gives_the_same_server(
     control: harness.Control, tmp_path: Path
 ) -> None:
     zlh = cli_for(control, tmp_path)
-    lithium = mod_flag(control, "lithium")
-    first = await zlh("servers", "create", "keyed", *VERSIONS, "--mod", lithium)
+    lithium_file = control.lab.add_mod("lithium.jar")
+    async with serving(mod_host({"lithium.jar": lithium_file.url})) as host:
+        # Through a redirect, as GitHub release assets answer: the size is the file's, not the 302's.
+        lithium = f"lithium={host}/moved/lithium.jar#{lithium_file.sha512}"
+        first = await zlh("servers", "create", "keyed", *VERSIONS, "--mod", lithium)
     assert first.code == 0, first.err
     created = first.pairs()
     uuid.UUID(created["key"])
     server = await control.get(created["id"])
     assert server["name"] == "keyed"
     assert server["mods"] == ["lithium"]
+    sent = await control.pool.fetchval(
+        "SELECT (spec->'mods'->0->>'size')::bigint FROM servers WHERE id = $1", uuid.UUID(created["id"])
+    )
+    assert sent == lithium_file.size
 
     # The same body (the size given, equal to what the HEAD found) with the same key: a replay.
-    sized = f"{lithium}:{control.lab.files.mods['lithium.jar'].size}"
+    sized = f"{lithium}:{lithium_file.size}"
     again = await zlh(
         "servers", "create", "keyed", *VERSIONS, "--mod", sized, "--key", created["key"], "--json"
     )
@@ -137,16 +201,22 @@ async def test_create_wait_shows_progress_until_running_or_fails_with_the_reason
         ),
     )
     assert good.code == 0, good.err
-    assert good.json()["server"]["state"] == "running"
+    made = good.json()
+    assert made["server"]["state"] == "running"
+    # The id and key come first, as soon as the POST answers: Ctrl-C during the wait loses neither.
+    notice, rest = good.err.split("\n", 1)
+    server_id, key = made["server"]["id"], made["idempotency_key"]
+    assert notice == f"zlh: created waited {server_id} (key {key}); waiting for it to settle"
     # On a terminal: one line rewritten in place, through every step, ending at running.
-    shown = [part.split()[-1] for part in good.err.split(render.ERASE_LINE) if part.strip()]
+    shown = [part.split()[-1] for part in rest.split(render.ERASE_LINE) if part.strip()]
     assert shown == await control.journal_states(good.json()["server"]["id"])
     assert shown[-1] == "running"
     assert "provisioning.installing" in shown
     assert good.err.endswith("\n")
 
     assert bad.code == 1
-    progress, error = bad.err.splitlines()[:-1], bad.err.splitlines()[-1]
+    progress, error = bad.err.splitlines()[1:-1], bad.err.splitlines()[-1]
+    assert bad.err.startswith(f"zlh: created tampered {bad.pairs()['id']} (key {bad.pairs()['key']}); ")
     assert [line.split()[-1] for line in progress][-1] == "failed.provisioning"
     assert error.startswith("zlh: tampered is failed.provisioning: "), error
     assert "evil.jar" in error, error
@@ -154,11 +224,25 @@ async def test_create_wait_shows_progress_until_running_or_fails_with_the_reason
 
 
 async def test_actions_drive_a_server_and_refusals_name_what_is_allowed(
-    control: harness.Control, tmp_path: Path
+    control: harness.Control, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     zlh, admin = cli_for(control, tmp_path), cli_for(control, tmp_path, "admin")
-    server_id = (await control.create("driven"))["id"]
+    key = str(uuid.uuid4())
+    # The body `zlh servers create driven` sends, so that the CLI's create below is a replay.
+    server_id = (await control.create("driven", key=key, mods=[], properties={}, resources={}))["id"]
     await control.wait_state(server_id, "running")
+
+    # `create --wait` of a server that already ran: the whole journal, read page by page (pages
+    # of 2 here), shown once each, and done at once since it is running.
+    monkeypatch.setattr(watch, "EVENTS_PAGE", 2)
+    replayed = await zlh("servers", "create", "driven", *VERSIONS, "--key", key, "--wait")
+    assert replayed.code == 0, replayed.err
+    assert replayed.pairs()["id"] == server_id
+    notice, *progress = replayed.err.splitlines()
+    assert notice == f"zlh: replayed driven {server_id} (key {key}); waiting for it to settle"
+    journal = await control.journal_states(server_id)
+    assert len(journal) > 2 * watch.EVENTS_PAGE, journal  # more than one page
+    assert [line.split()[-1] for line in progress] == journal
 
     stopped = await zlh("servers", "stop", server_id)
     assert stopped.code == 0, stopped.err
@@ -320,7 +404,10 @@ async def test_error_paths_are_one_line_with_distinct_exit_codes(
     assert bad_token.one_error_line() == "zlh: 401 invalid or revoked token"
     watch_refused = await zlh("watch", "--token", "zlh_not-a-token")
     assert watch_refused.code == 1
-    assert "401" in watch_refused.one_error_line()
+    assert watch_refused.one_error_line() == "zlh: 401 invalid or revoked token"
+    bad_cursor = await zlh("watch", "--since", "yesterday")
+    assert bad_cursor.code == 1
+    assert bad_cursor.one_error_line() == "zlh: 400 malformed --since cursor"
 
     nobody = f"http://127.0.0.1:{free_port()}"
     for command in (("servers", "ls"), ("watch",), ("servers", "create", "x", *VERSIONS)):
@@ -360,6 +447,111 @@ async def test_error_paths_are_one_line_with_distinct_exit_codes(
     assert "NAME=URL#SHA512" in bad_mod.one_error_line()
 
 
+async def test_odd_peers_and_malformed_urls_are_one_line_with_the_right_exit_code(tmp_path: Path) -> None:
+    """No service needed: each of these fails before a request reaches one."""
+    zlh = Cli(tmp_path, ZLH_TOKEN="zlh_unused")
+    async with ssh_port() as ssh, serving(mod_host({})) as host:
+        for command in (("servers", "ls"), ("watch",)):
+            not_http = await zlh(*command, "--url", ssh)
+            assert not_http.code == 3, not_http
+            assert not_http.one_error_line() == f"zlh: {ssh} did not answer as HTTP"
+        mod_not_http = await zlh(
+            "servers", "create", "x", *VERSIONS, "--url", ssh, "--mod", f"m={ssh}/m#{SHA512}"
+        )
+        assert mod_not_http.code == 3, mod_not_http
+        assert mod_not_http.one_error_line() == f"zlh: {ssh}/m did not answer as HTTP"
+        unsized = await zlh(
+            "servers", "create", "x", *VERSIONS, "--url", ssh, "--mod", f"m={host}/unsized#{SHA512}"
+        )
+        assert unsized.code == 2, unsized
+        assert unsized.one_error_line() == (
+            f"zlh: {host}/unsized does not announce its size; give it as m=URL#SHA512:SIZE"
+        )
+
+    # The resolver's words, not os.strerror of its code ("Unknown error -2").
+    with pytest.raises(socket.gaierror) as resolving:
+        socket.getaddrinfo("no-such-host.invalid", 80)
+    unknown_host = await zlh("servers", "ls", "--url", "http://no-such-host.invalid")
+    assert unknown_host.code == 3
+    assert unknown_host.one_error_line() == (
+        f"zlh: cannot reach http://no-such-host.invalid: {resolving.value.strerror}"
+    )
+
+    for url, why in (
+        ("http://127.0.0.1:99999", "has an invalid port (1-65535)"),
+        ("http://127.0.0.1:0", "has an invalid port (1-65535)"),
+        ("http://127.0.0.1:80a", "has an invalid port (1-65535)"),
+        (
+            "http://zlh.example:8080/?x=1",
+            "has a query or fragment: give the service's base URL, e.g. http://HOST:PORT",
+        ),
+        (
+            "http://zlh.example:8080#top",
+            "has a query or fragment: give the service's base URL, e.g. http://HOST:PORT",
+        ),
+        ("http://zlh example:8080", "contains white space"),
+        ("ftp://zlh.example", "is not an http:// or https:// URL"),
+    ):
+        bad_url = await zlh("servers", "ls", "--url", url)
+        assert bad_url.code == 2, bad_url
+        assert bad_url.one_error_line() == f"zlh: --url: {url!r} {why}"
+    blank = await zlh("servers", "ls", "--url", "http://127.0.0.1:1", ZLH_TOKEN="  ")
+    assert blank.code == 2
+    assert blank.one_error_line() == "zlh: ZLH_TOKEN: the token is blank"
+    for mod in (f"x=ftp://h/x#{SHA512}", f"x=http://h:99999/x#{SHA512}"):
+        bad_mod = await zlh("servers", "create", "x", *VERSIONS, "--url", "http://127.0.0.1:1", "--mod", mod)
+        assert bad_mod.code == 2, bad_mod
+        assert (
+            bad_mod.one_error_line()
+            == f"zlh: --mod {mod!r}: the URL must be http:// or https://, with a valid port"
+        )
+
+
+async def test_a_reconnection_that_gets_no_hello_is_closed_before_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that upgrades and then says nothing sensible: every such connection is closed by the
+    CLI (a close frame, not a socket abandoned until the command ends), and it gives up with exit 3."""
+    monkeypatch.setattr(watch, "GIVE_UP", 1.0)
+    reconnections = 0
+    heard: list[aiohttp.WSMsgType] = []  # what each reconnection heard from the CLI
+
+    async def stream_handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        if request.query.get("since") is None:
+            await ws.send_json({"type": "hello", "cursor": "7-7", "heartbeat": 15})
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            return ws
+        nonlocal reconnections
+        reconnections += 1
+        await ws.send_str("SSH-2.0-not-json")
+        heard.append((await ws.receive(timeout=30)).type)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/stream", stream_handler)
+    async with serving(app) as url:
+        result = await Cli(tmp_path, ZLH_URL=url, ZLH_TOKEN="zlh_unused")("watch")
+    assert result.code == 3, result
+    assert (
+        result.err.splitlines()[0]
+        == "zlh: stream dropped (closed by the service: 1001 server shutting down); "
+        "resuming after cursor 7-7"
+    )
+    assert result.err.splitlines()[-1] == (
+        "zlh: lost the stream and could not resume within 1 s: "
+        "the service sent something that is not a JSON object"
+    )
+    assert reconnections > 0
+
+    async def all_heard() -> bool:
+        return len(heard) == reconnections
+
+    await helpers.assert_eventually(all_heard, timeout=10, message=f"{reconnections} reconnections, {heard}")
+    assert set(heard) == {aiohttp.WSMsgType.CLOSE}, heard
+
+
 async def test_configuration_comes_from_flags_then_environment_then_file(
     control: harness.Control, tmp_path: Path
 ) -> None:
@@ -391,7 +583,17 @@ async def test_configuration_comes_from_flags_then_environment_then_file(
     other.write_text("url = \n")
     broken = await zlh("servers", "ls", "--config", str(other))
     assert broken.code == 2
-    assert "is not valid TOML" in broken.one_error_line()
+    assert broken.one_error_line().startswith(f"zlh: {other} is not valid TOML: ")
+    # A named file is read even when it is not needed; the default file only when it is.
+    named = await zlh("servers", "ls", "--url", url, "--token", good, "--config", str(other))
+    assert named.code == 2
+    assert named.one_error_line().startswith(f"zlh: {other} is not valid TOML: ")
+    default.write_text("url = \n")
+    assert (await zlh("servers", "ls", "--json", "--url", url, "--token", good)).json() == []
+    assert (await zlh("servers", "ls", "--json", ZLH_URL=url, ZLH_TOKEN=good)).json() == []
+    needed = await zlh("servers", "ls", "--url", url)
+    assert needed.code == 2
+    assert needed.one_error_line().startswith(f"zlh: {default} is not valid TOML: ")
 
 
 async def test_the_console_module_runs_as_a_process(control: harness.Control, tmp_path: Path) -> None:

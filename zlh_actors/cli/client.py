@@ -3,10 +3,13 @@
 The service answers errors as RFC 9457 problem+json; `describe` folds a problem into a single line
 (status, title, the invalid fields, the allowed events) because a script's log and a human's terminal
 both want one line, not a JSON document. Transport failures become `ConnectionFailed` (exit 3), so a
-caller can tell "the service said no" (exit 1) from "nobody answered".
+caller can tell "the service said no" (exit 1) from "nobody answered". A peer that answers something
+other than HTTP (an SSH banner on a mistyped port) counts as nobody answering: aiohttp reports it as
+a `ClientResponseError`, which would otherwise read like a refusal.
 
 The token is sent to the service only: `head_size` (mod sizes) uses a session of its own without it,
-since mod URLs point at third-party hosts.
+since mod URLs point at third-party hosts. It follows redirects, because release hosts (GitHub)
+answer a download URL with a 302 whose own Content-Length is that of the redirect's body.
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ def describe(status: int, body: Any, reason: str = "") -> str:
     """One line for an error answer: "404 no such server", with fields and allowed events if any."""
     problem = body if isinstance(body, dict) else {}
     line = f"{status} {problem.get('title') or reason or 'error'}"
-    if problem.get("detail"):
-        line += f": {problem['detail']}"
     fields = problem.get("fields")
     if isinstance(fields, dict) and fields:
         line += ": " + "; ".join(f"{name or 'body'} {text}" for name, text in fields.items())
@@ -44,9 +45,17 @@ def unreachable(url: str, exc: BaseException) -> errors.ConnectionFailed:
     """`ConnectionFailed` with the shortest useful reason (the OS's words when there are some)."""
     if isinstance(exc, TimeoutError):
         return errors.ConnectionFailed(f"{url} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        # The resolver's own words: its codes are not errno values (os.strerror(-2) is "Unknown error -2").
+        return errors.ConnectionFailed(f"cannot reach {url}: {exc.strerror or exc.os_error}")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+        # "Connection refused" rather than asyncio's "Connect call failed ('127.0.0.1', 8080)".
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc.os_error)
         return errors.ConnectionFailed(f"cannot reach {url}: {reason}")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return errors.ConnectionFailed(f"{url} redirects too many times")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return errors.ConnectionFailed(f"{url} did not answer as HTTP")
     return errors.ConnectionFailed(f"lost the connection to {url}: {exc or type(exc).__name__}")
 
 
@@ -83,7 +92,12 @@ class Client:
             ) as response:
                 raw = await response.read()
                 status, reason, answer_headers = response.status, response.reason or "", response.headers
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientResponseError,
+            TimeoutError,
+        ) as exc:
             raise unreachable(self.url, exc) from exc
         try:
             decoded = orjson.loads(raw) if raw else None
@@ -108,13 +122,25 @@ async def connect(settings: config.Config) -> AsyncIterator[Client]:
 
 
 async def head_size(url: str) -> int | None:
-    """The Content-Length a HEAD of `url` announces (None when it announces none); no token sent."""
+    """The Content-Length a HEAD of `url` announces, after redirects; None when it announces none.
+
+    A length of 0 counts as none: a mod is never empty, and some hosts answer HEAD with 0 for
+    "not computed". No token is sent. `url` has been checked by `commands.parse_mod` (http or https).
+    """
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.head(url) as response:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.head(url, allow_redirects=True) as response,
+        ):
             if response.status >= 400:
                 raise errors.ApiError(response.status, f"{url}: {response.status} {response.reason or ''}")
-            return response.content_length
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            return response.content_length or None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as exc:
         raise unreachable(url, exc) from exc
-    except (aiohttp.InvalidURL, ValueError) as exc:
+    except aiohttp.RedirectClientError as exc:
+        target = exc.args[0] if exc.args else "an invalid URL"  # both kinds carry the target first
+        raise errors.ConnectionFailed(f"{url} redirects to {target}, which the CLI cannot fetch") from None
+    except aiohttp.InvalidURL as exc:
         raise errors.UsageError(f"{url!r} is not a URL the CLI can fetch: {exc}") from None
+    except aiohttp.ClientError as exc:
+        raise errors.ConnectionFailed(f"HEAD {url} failed: {exc or type(exc).__name__}") from None

@@ -1,19 +1,22 @@
 """The commands: each turns parsed flags into API calls and prints the answer.
 
-`create` always sends an `Idempotency-Key` (a fresh UUID unless `--key` names one) and says which,
-*before* it can fail: when the answer is lost (a timeout, a reset), the same command with `--key`
-is the safe retry, and the error line repeats the key for that reason. A replayed key answers with
-the server the first request created.
+`create` always sends an `Idempotency-Key` (a fresh UUID unless `--key` names one) and says which
+whatever happens: when the answer is lost (a timeout, a reset), the same command with `--key` is
+the safe retry, and the error line repeats the key for that reason. A replayed key answers with
+the server the first request created. `create --wait` says the server's id and the key on stderr
+as soon as the POST answers, before the wait that Ctrl-C or a lost stream may end: stderr because
+stdout carries the one result (with `--json`, one document), which is printed when the wait ends.
 
 Mods are `--mod NAME=URL#SHA512`, the form a mod page gives; the API also wants each file's size,
 which the CLI asks the mod's host for with a HEAD request (without the token), unless it is given
-as `NAME=URL#SHA512:SIZE`.
+as `NAME=URL#SHA512:SIZE`. The HEADs run in a task group: the first failure cancels the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -26,12 +29,24 @@ def parse_mod(text: str) -> tuple[str, str, str, int | None]:
     url, hash_mark, digest = rest.rpartition("#")
     if not eq or not name or not hash_mark or not url or not digest:
         raise errors.UsageError(f"--mod {text!r}: expected NAME=URL#SHA512 (or NAME=URL#SHA512:SIZE)")
+    if not _fetchable(url):
+        raise errors.UsageError(f"--mod {text!r}: the URL must be http:// or https://, with a valid port")
     sha512, colon, size = digest.partition(":")
     if not colon:
         return name, url, sha512.lower(), None
     if not size.isdigit():
         raise errors.UsageError(f"--mod {text!r}: the size after ':' must be a number of bytes")
     return name, url, sha512.lower(), int(size)
+
+
+def _fetchable(url: str) -> bool:
+    """An http(s) URL aiohttp will request (it raises errors of its own for the others)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # out of range or not a number: ValueError
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and " " not in url
 
 
 async def mods(texts: list[str]) -> list[dict[str, Any]]:
@@ -44,7 +59,12 @@ async def mods(texts: list[str]) -> list[dict[str, Any]]:
             raise errors.UsageError(f"{url} does not announce its size; give it as {name}=URL#SHA512:SIZE")
         return {"name": name, "url": url, "sha512": sha512, "size": size}
 
-    return list(await asyncio.gather(*(sized(*mod) for mod in parsed)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(sized(*mod), name=f"head {mod[1]}") for mod in parsed]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # one line for the first failure, as everywhere else
+    return [task.result() for task in tasks]
 
 
 def key_value(text: str, flag: str) -> tuple[str, str]:
@@ -68,6 +88,8 @@ async def create(api: client.Client, console: render.Console, args: argparse.Nam
     if args.wait:
         async with watch.Stream(api, console) as stream:
             server, replayed = await _post(api, body, key)
+            made = "replayed" if replayed else "created"
+            console.warn(f"{made} {server['name']} {server['id']} (key {key}); waiting for it to settle")
             server = await watch.wait_settled(api, console, stream, server)
     else:
         server, replayed = await _post(api, body, key)

@@ -7,9 +7,13 @@ then the configuration file. The file is `--config`, else `$ZLH_CONFIG`, else
     url = "https://zlh.example.net"
     token = "zlh_..."
 
-A file named explicitly must exist; the default one is optional. Unknown keys are errors, as in the
-service's own settings: a misspelled `tokne` silently ignored would surface later as a confusing
-"no token". Everything wrong here is a `UsageError` (exit status 2).
+A file named explicitly must exist, and is read and checked even when the flags and the environment
+give both values: naming a file is a request to use it, and one that is absent or broken is a
+mistake worth hearing about. The default file is optional and read only when a value is still
+missing, so a broken `~/.config/zlh/config.toml` never stands in the way of `--url U --token T`.
+Unknown keys are errors, as in the service's own settings: a misspelled `tokne` silently ignored
+would surface later as a confusing "no token". Everything wrong here is a `UsageError` (exit
+status 2), including a URL that aiohttp would refuse later with an error of its own.
 """
 
 from __future__ import annotations
@@ -60,9 +64,28 @@ def read_file(path: Path, *, required: bool) -> dict[str, str]:
 
 
 def check_url(url: str, source: str) -> str:
-    parts = urllib.parse.urlsplit(url)
+    """`url` without its trailing slash: the base every API path is appended to, so it may have a path
+    but no query or fragment (`http://h/?` + `/v1/servers` would be a query)."""
+
+    def refuse(why: str) -> errors.UsageError:
+        return errors.UsageError(f"{source}: {url!r} {why}")
+
+    if any(char.isspace() for char in url):
+        raise refuse("contains white space")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unbalanced IPv6 bracket
+        raise refuse("is not an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.UsageError(f"{source}: {url!r} is not an http:// or https:// URL")
+        raise refuse("is not an http:// or https:// URL")
+    try:
+        port = parts.port
+    except ValueError:  # out of range or not a number
+        port = 0
+    if port == 0:
+        raise refuse("has an invalid port (1-65535)")
+    if "?" in url or "#" in url:
+        raise refuse("has a query or fragment: give the service's base URL, e.g. http://HOST:PORT")
     return url.rstrip("/")
 
 
@@ -70,17 +93,25 @@ def load(*, url: str | None, token: str | None, path: str | None, environ: Mappi
     """The configuration, or `UsageError` naming what is missing and where it could be given."""
     explicit = path or environ.get("ZLH_CONFIG")
     file_path = Path(explicit).expanduser() if explicit else default_path(environ)
-    from_file = read_file(file_path, required=bool(explicit))
+    from_file = read_file(file_path, required=True) if explicit else None
     chosen: dict[str, tuple[str, str]] = {}
     for key, flag, env in (("url", url, "ZLH_URL"), ("token", token, "ZLH_TOKEN")):
-        for value, source in (
-            (flag, f"--{key}"),
-            (environ.get(env), env),
-            (from_file.get(key), str(file_path)),
-        ):
+        for value, source in ((flag, f"--{key}"), (environ.get(env), env)):
             if value:
                 chosen[key] = (value, source)
                 break
         else:
-            raise errors.UsageError(f'no {key}: give --{key}, set {env}, or put {key} = "..." in {file_path}')
-    return Config(url=check_url(*chosen["url"]), token=chosen["token"][0].strip())
+            if from_file is None:
+                from_file = read_file(file_path, required=False)
+            value = from_file.get(key)
+            if not value:
+                raise errors.UsageError(
+                    f'no {key}: give --{key}, set {env}, or put {key} = "..." in {file_path}'
+                )
+            chosen[key] = (value, str(file_path))
+    base = check_url(*chosen["url"])
+    secret, source = chosen["token"][0].strip(), chosen["token"][1]
+    if not secret:
+        # Sent as "Bearer " it would read as no token at all: the stream would wait for an auth message.
+        raise errors.UsageError(f"{source}: the token is blank")
+    return Config(url=base, token=secret)

@@ -5,14 +5,19 @@ heartbeat's. `Stream` remembers the last one it received and, when the connectio
 a replica shutting down with 1001, "consumer too slow" 4008, silence for two heartbeats), reconnects
 with `?since=` that cursor, so the service replays exactly what was missed and nothing twice. It
 retries with backoff for `GIVE_UP` seconds, then reports the service unreachable (exit 3). A refused
-token (401 before the upgrade, 4401 after it) is not retried: it will not get better.
+token (401 before the upgrade, 4401 after it) is not retried: it will not get better. Neither is a
+400: the only one the stream answers to a WebSocket upgrade is for a malformed `since`. Before the
+upgrade aiohttp keeps only the status ("Invalid response status"), so the line is built from it.
+A connection that fails after the upgrade (no hello) is closed before the next attempt: each
+attempt would otherwise leave a socket open until the command ends.
 
 The first connection is not retried: if the service is not there when the command starts, saying
 so at once is more useful than waiting a minute.
 
 `wait_settled` is `create --wait`: the stream is opened *before* the server is created, so no
 transition can fall between creating and following; the server's journal (`/events`) then gives
-what already happened, and the stream's events are taken from the next journal `seq` on.
+what already happened (every page of it: a server that crash-looped has more than one), and the
+stream's events are taken from the next journal `seq` on.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ PATH = "/v1/stream"
 GIVE_UP = 60.0  # seconds of failed reconnection attempts before the stream is reported lost
 BACKOFF = (0.2, 5.0)  # seconds: first and longest wait between reconnection attempts
 UNAUTHORIZED = 4401
+EVENTS_PAGE = 1000  # journal entries per /events request: the service's maximum `limit`
 # Closing a connection that is already dead must not hold up the reconnection for long.
 CLOSE_TIMEOUT = aiohttp.ClientWSTimeout(ws_close=2.0)
 
@@ -72,8 +78,12 @@ class Stream:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        await self._close()
+
+    async def _close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
     async def next(self) -> dict[str, Any]:
         """The next `server.state` event, reconnecting as often as needed within GIVE_UP."""
@@ -96,15 +106,22 @@ class Stream:
                 self.api.url + PATH, params=params, headers=self.api.headers, timeout=CLOSE_TIMEOUT
             )
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise errors.ApiError(401, "401 invalid or revoked token") from None
+            if exc.status == 400:
+                raise errors.ApiError(400, "400 malformed --since cursor") from None
             if 400 <= exc.status < 500:
-                raise errors.ApiError(exc.status, f"{exc.status} the stream refused: {exc.message}") from None
+                raise errors.ApiError(exc.status, f"{exc.status} the stream refused the connection") from None
             raise Dropped(f"{self.api.url}{PATH} answered {exc.status} {exc.message}") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, TimeoutError) as exc:
             raise Dropped(client.unreachable(self.api.url, exc).message) from None
-        hello = await self._receive()
-        if hello.get("type") != "hello":
-            await self._ws.close()
-            raise Dropped(f"expected a hello, got {hello.get('type')!r}")
+        try:
+            hello = await self._receive()
+            if hello.get("type") != "hello" or not isinstance(hello.get("cursor"), str):
+                raise Dropped(f"expected a hello, got {hello.get('type')!r}")
+        except BaseException:
+            await self._close()
+            raise
         self.cursor = hello["cursor"]
         # Heartbeats come every `heartbeat` seconds when nothing else does: two missed is a dead link.
         self._silence = 2 * float(hello.get("heartbeat", 15.0)) + 5.0
@@ -132,8 +149,7 @@ class Stream:
         raise Dropped(f"connection lost{f': {message.data}' if message.data else ''}")
 
     async def _reconnect(self, why: str) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        await self._close()
         self.console.warn(f"stream dropped ({why}); resuming after cursor {self.cursor}")
         deadline = time.monotonic() + GIVE_UP
         pause = BACKOFF[0]
@@ -190,11 +206,14 @@ async def wait_settled(
     def show(state: str) -> None:
         console.status(f"{time.monotonic() - started:6.1f} s  {server['name']}  {state}")
 
-    history = (await api.get(path + "/events"))["items"]
     seq, state = 0, server["state"]
-    for entry in history:
-        seq, state = entry["seq"], entry["to"]
-        show(state)
+    while True:
+        page = (await api.get(path + "/events", {"after": str(seq), "limit": str(EVENTS_PAGE)}))["items"]
+        for entry in page:
+            seq, state = entry["seq"], entry["to"]
+            show(state)
+        if len(page) < EVENTS_PAGE:
+            break
     while not matches(state, SETTLED):
         event = await stream.next()
         if event["server_id"] == server["id"] and event["seq"] > seq:
