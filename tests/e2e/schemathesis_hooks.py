@@ -26,14 +26,19 @@ _VALID_KEY = re.compile(r"[!-~]{1,255}")
 
 # Refusals of schema-valid data that are the contract, by operation: status -> a field rule.
 _MOD_LISTED_TWICE = re.compile(r"mods\[[0-9]+\]\.name")
+# servers/create.py's words (`fields["fabric"]`) for versions with no pinned launcher.
+_UNPINNED = "unpinned triple; an operator pins launchers with `python -m zlh_actors launchers pin`"
 _BUILT_IN_ALLOWED = frozenset({401, 403, 404, 409, 429})
 
 
 def _create_refusal(status: int, fields: dict[str, str]) -> bool:
     if status == 422:
         return True  # the generator reused an Idempotency-Key with another body
-    return status == 400 and all(
-        name == "fabric" or (_MOD_LISTED_TWICE.fullmatch(name) and reason == "is listed twice")
+    if status != 400 or not fields:
+        return False
+    return all(
+        (name == "fabric" and reason == _UNPINNED)
+        or (_MOD_LISTED_TWICE.fullmatch(name) and reason == "is listed twice")
         for name, reason in fields.items()
     )
 

@@ -1,156 +1,109 @@
 """The dashboard in a real browser: Debian's Chromium, driven by Playwright, against a live replica.
 
-No browser is ever downloaded: Playwright launches `/usr/bin/chromium` (scripts/test installs it on
-CI, see `ensure_chromium` in scripts/lib.sh). A missing browser fails the test; it is not skipped.
+The browser is Debian's `/usr/bin/chromium`, never a download (`browser.py`; scripts/test installs it
+on CI, see `ensure_chromium` in scripts/lib.sh). A missing browser fails the test; it is not skipped.
 
 The user's walk: sign in, create a server from the form, watch its row reach `running` with no
 reload and no polling (a window marker survives, one main-frame navigation, exactly one list GET),
-its journal timeline grow live, a stop cancelled in the confirm dialog, a refused start shown as
-the problem's title, and a confirmed delete reach `deleted`. The page's stream is routed through
-the test and dropped once mid-provisioning: the page must resume with `?since=` the last cursor it
-was given. The admin's walk uses a real browser WebSocket (under the page's CSP) and sees the shard
-map, the replicas and a drift found by "Reconcile now". Every request stays on the service's
-origin. Screenshots go to the test's tmp_path and to `<repo>/test-output/`.
+its journal timeline, opened while provisioning, grow live, a stop cancelled in the confirm dialog,
+a refused start shown as the problem's title, and a confirmed delete reach `deleted`; the page's
+journal reader, given pages of two entries, still reads the whole journal. The page's stream is
+routed through the test and dropped once mid-provisioning: the page must resume with `?since=` the
+last cursor it was given. A token revoked while signed in signs the page out at its next API call.
+In a second tab: a bad token is refused; a sign-out while the admin probe is in flight keeps the
+probe's late answer out of the next session; the admin, over a real browser WebSocket (under the
+page's CSP), sees the shard map, the replicas, a drift found by "Reconcile now", and a server whose
+`last_error` is an agent's markup, shown as text and never run. Every request stays on the
+service's origin. Screenshots go to the test's tmp_path and to `<repo>/test-output/`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import re
 import urllib.parse
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
+import asyncpg
 import pytest
-from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright, expect
+from playwright.async_api import Page, Route, expect
 
-from tests.e2e import harness
+from storage import tokens
+from tests import helpers
+from tests.e2e import browser, harness
+from zlh_actors import service
+from zlh_actors.api import dashboard
+from zlh_actors.lab import replicas, world
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-output"
 FOREIGN_VMID = 19999  # the top of the default VMID range: never allocated in a short test
 SLOW = 60_000  # ms: provisioning and deletion on a loaded machine
 QUICK = 15_000  # ms: anything the page does by itself
+# Free text an agent may report (the `detail` of a crash, which becomes the server's `last_error`).
+MARKUP = "<img src=x onerror=window.__xss=1>"
 
 expect.set_options(timeout=QUICK)  # the default 5 s is tight on a loaded two-core machine
 
 
-def executable() -> str:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/test does as root)")
-    return str(CHROMIUM)
-
-
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable(), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-class Watch:
-    """Everything a page asked for, and every error it logged."""
-
-    def __init__(self, page: Page) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.sockets: list[str] = []
-        self.errors: list[str] = []
-        self.navigations = 0
-        page.on("request", lambda request: self.requests.append((request.method, request.url)))
-        page.on("websocket", lambda socket: self.sockets.append(socket.url))
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("console", lambda message: self._console(message.type, message.text))
-        page.on("framenavigated", lambda frame: self._navigated(frame == page.main_frame))
-
-    def _console(self, kind: str, text: str) -> None:
-        # Chromium logs every non-2xx fetch as "Failed to load resource"; the test expects some.
-        if kind == "error" and not text.startswith("Failed to load resource"):
-            self.errors.append(text)
-
-    def _navigated(self, main: bool) -> None:
-        self.navigations += main
-
-    def calls(self) -> Counter[tuple[str, str]]:
-        """(method, path) of every request but the page's own files."""
-        paths = ((method, urllib.parse.urlsplit(url).path) for method, url in self.requests)
-        return Counter(call for call in paths if call[1].startswith(("/v1/", "/admin/")))
-
-    def assert_one_origin(self, base: str, routed: list[str]) -> None:
-        ws_base = "ws" + base.removeprefix("http")
-        foreign = [url for _, url in self.requests if not url.startswith(base + "/")]
-        foreign += [url for url in self.sockets + routed if not url.startswith(ws_base + "/")]
-        assert foreign == [], foreign
-
-
-class StreamRoute:
-    """The page's stream, routed through the test: forwards both ways, drops one connection once.
-
-    A dropped connection forwards nothing more: what the page saw last is then exactly the cursor
-    of the message that triggered the drop, and the page must resume from there.
-    """
-
-    def __init__(self) -> None:
-        self.urls: list[str] = []
-        self.dropped_after: str | None = None  # the cursor of the last message the page was given
-        self.drop_when: Callable[[dict[str, Any]], bool] | None = None
-
-    async def handle(self, page_side: WebSocketRoute) -> None:
-        self.urls.append(page_side.url)
-        server_side = page_side.connect_to_server()
-        page_side.on_message(server_side.send)
-        cut = False
-        last: str | None = None
-
-        async def from_server(message: str | bytes) -> None:
-            nonlocal cut, last
-            if cut:
-                return
-            data = json.loads(message)
-            page_side.send(message)
-            last = data.get("cursor", last)
-            if self.drop_when is not None and self.drop_when(data):
-                cut, self.drop_when, self.dropped_after = True, None, last
-                await server_side.close(code=1000, reason="dropped by the test")
-                await page_side.close(code=1001, reason="dropped by the test")
-
-        server_side.on_message(from_server)
-
-
-def since(url: str) -> str | None:
-    values = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("since")
-    return values[0] if values else None
-
-
-def save(png: bytes, tmp_path: Path, name: str) -> None:
-    """Keep a screenshot in the test's tmp_path and in `<repo>/test-output/`, which CI can collect."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    for path in (ARTIFACTS / name, tmp_path / name):
-        path.write_bytes(png)
-    print(f"dashboard screenshot: {ARTIFACTS / name} (and {tmp_path / name})")
+async def submit_token(page: Page, token: str) -> None:
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_test_id("sign-in").click()
 
 
 async def sign_in(page: Page, base: str, token: str) -> None:
     await page.goto(base + "/")
-    await page.get_by_label("API token").fill(token)
-    await page.get_by_test_id("sign-in").click()
+    await submit_token(page, token)
     await expect(page.get_by_test_id("stream-status")).to_have_attribute("data-status", "live")
     await expect(page.get_by_test_id("who")).not_to_be_empty()  # the list and the admin probe are done
+
+
+@pytest.fixture
+async def patient(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterator[harness.Control]:
+    """The `control` fixture's replica, but its crash policy waits 10 minutes before a restart: a
+    crashed server keeps its state and `last_error` while the test looks at them."""
+    made = await replicas.prepare_database(lab, db_url)
+    settings = harness.settings_for(lab, db_url, crash_backoff=3600.0)
+    async with service.running(settings, db_url):
+        client = harness.Control([f"http://127.0.0.1:{settings.port}"], made, lab, pool)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def crash_with_markup(control: harness.Control, server_id: str, who: str) -> None:
+    """The server's own agent (its real token) reports a crash whose detail is `MARKUP`."""
+    server = await control.wait_state(server_id, "running", who=who)
+    enrollment = json.loads((control.lab.agents()[server["vmid"]].state_dir / "enrollment.json").read_text())
+    key = uuid.UUID(server_id)
+
+    async def settled() -> bool:
+        """The agent reported ready and every command is done: the next seq is the test's."""
+        row = await control.pool.fetchrow(
+            "SELECT state, seq, (SELECT count(*) FROM commands WHERE server_id = $1 "
+            "AND status IN ('queued', 'accepted')) AS pending FROM agent_reports WHERE server_id = $1",
+            key,
+        )
+        return row is not None and row["state"] == "ready" and row["pending"] == 0
+
+    await helpers.assert_eventually(settled, timeout=30, interval=0.05, message="the server never settled")
+    seq = await control.pool.fetchval("SELECT seq FROM agent_reports WHERE server_id = $1", key)
+    report = {
+        "generation": enrollment["generation"],
+        "seq": seq + 1,
+        "state": "crashed",
+        "manifest_sha256": "",
+        "detail": MARKUP,
+    }
+    url = f"{control.base_urls[0]}/agent/v1/servers/{server_id}/status"
+    headers = {"Authorization": f"Bearer {enrollment['token']}"}
+    async with control.http.post(url, json=report, headers=headers) as response:
+        assert response.status == 202, await response.text()
+    crashed = await control.wait_state(server_id, "crashed", who=who)
+    assert crashed["last_error"] == f"agent reported crashed: {MARKUP}"
 
 
 async def test_the_page_and_its_files_are_public_typed_and_confined(control: harness.Control) -> None:
@@ -170,7 +123,9 @@ async def test_the_page_and_its_files_are_public_typed_and_confined(control: har
     assert headers["Cache-Control"] == "no-cache"
     async with control.http.get(base + "/", headers={"If-None-Match": headers["ETag"]}) as response:
         assert response.status == 304
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+    assets = {name: kind for name, kind in dashboard.FILES.items() if name != "index.html"}
+    assert {"app.js", "api.js", "stream.js", "session.js", "style.css"} <= set(assets)
+    for name, kind in assets.items():
         async with control.http.get(f"{base}/ui/{name}") as response:
             assert response.status == 200, name
             assert response.content_type == kind
@@ -182,15 +137,19 @@ async def test_the_page_and_its_files_are_public_typed_and_confined(control: har
         assert response.status == 401
 
 
+@pytest.mark.timeout(240)
 async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
-    control: harness.Control, tmp_path: Path
+    patient: harness.Control, tmp_path: Path
 ) -> None:
+    control = patient
     base = control.base_urls[0]
-    async with chromium() as browser:
+    # Another tenant's server, provisioning meanwhile; it crashes with markup before the admin looks.
+    marked = await control.create("marked", who="beta")
+    async with browser.chromium() as chromium:
         # ---- the user: create, watch, look, act, delete; the stream dropped once on the way
-        page = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
-        watch = Watch(page)
-        route = StreamRoute()
+        page = await (await chromium.new_context(viewport={"width": 1400, "height": 1000})).new_page()
+        watch = browser.Watch(page)
+        route = browser.StreamRoute()
         await page.route_web_socket("**/v1/stream**", route.handle)
         await sign_in(page, base, control.tokens["alpha"])
         await expect(page.get_by_test_id("who")).to_have_text("user")
@@ -205,7 +164,12 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         await expect(row).to_be_visible()
         server_id = await row.get_attribute("data-server-id")
         assert server_id is not None
-        await row.get_by_test_id("open-timeline").click()
+        item = f"/v1/servers/{server_id}"
+        shown = await row.get_attribute("data-state")
+        assert str(shown).startswith(("requested", "provisioning.")), shown
+        async with page.expect_response(lambda answer: answer.url.startswith(base + item + "/events")) as got:
+            await row.get_by_test_id("open-timeline").click()
+        answered = [entry["to"] for entry in (await (await got.value).json())["items"]]
         await expect(page.get_by_test_id("timeline-name")).to_have_text("from-the-page")
         await expect(row).to_have_attribute("data-state", "running", timeout=SLOW)
         await expect(row.get_by_test_id("state")).to_have_class(re.compile(r"\bstate-running\b"))
@@ -213,17 +177,19 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         # The drop happened mid-provisioning and the page resumed exactly where it had been.
         assert route.dropped_after is not None
         assert len(route.urls) == 2, route.urls
-        assert since(route.urls[0]) is None
-        assert since(route.urls[1]) == route.dropped_after
+        assert browser.since(route.urls[0]) is None
+        assert browser.since(route.urls[1]) == route.dropped_after
 
-        # The timeline, opened while provisioning, grew live into the whole journal.
+        # The timeline was opened while provisioning (the journal it read had no `running` yet) and
+        # grew live into the whole journal.
+        assert "running" not in answered, answered
         journal = await control.journal_states(server_id)
         assert journal[0] == "requested"
         assert journal[-1] == "running"
         entries = page.get_by_test_id("timeline-entry")
         await expect(entries).to_have_count(len(journal))
         assert [await entry.get_attribute("data-to") for entry in await entries.all()] == journal
-        save(await page.screenshot(full_page=True), tmp_path, "dashboard-user.png")
+        browser.save(await page.screenshot(full_page=True), tmp_path, "dashboard-user.png")
 
         # Confirmation: cancelled means nothing sent; a refused command shows the problem's title.
         await row.get_by_test_id("stop").click()
@@ -247,7 +213,6 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         assert await page.evaluate("window.zlhMarker") == "no reload"
         assert watch.navigations == 1
         assert loaded == Counter({("GET", "/v1/servers"): 1, ("GET", "/admin/v1/shards"): 1})
-        item = f"/v1/servers/{server_id}"
         assert watch.calls() - loaded == Counter(
             {
                 ("POST", "/v1/servers"): 1,
@@ -259,21 +224,25 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         watch.assert_one_origin(base, route.urls)
         assert watch.errors == []
 
+        await read_the_journal_in_pages_of_two(page, watch, control, server_id)
         await page.get_by_test_id("sign-out").click()
         await expect(page.get_by_test_id("signin-form")).to_be_visible()
         assert await page.evaluate("sessionStorage.length") == 0
+        await revoke_while_signed_in(page, control)
 
-        # ---- a bad token, then the admin, in a fresh tab with a real WebSocket: shards, drift
+        # ---- a bad token, a sign-out during the admin probe, then the admin, in a fresh tab with a
+        # real WebSocket: shards, drift, and the other tenant's server whose last error is markup
         await control.lab.plant_foreign(FOREIGN_VMID)
-        page = await (await browser.new_context(viewport={"width": 1400, "height": 1400})).new_page()
-        watch = Watch(page)
+        page = await (await chromium.new_context(viewport={"width": 1400, "height": 1400})).new_page()
+        watch = browser.Watch(page)
         await page.goto(base + "/")
-        await page.get_by_label("API token").fill("zlh_not-a-token")
-        await page.get_by_test_id("sign-in").click()
+        await submit_token(page, "zlh_not-a-token")
         refused = page.get_by_test_id("error-text")
         await expect(refused).to_contain_text("invalid or revoked token")
         await expect(page.get_by_test_id("signin-form")).to_be_visible()
         assert await page.evaluate("sessionStorage.length") == 0
+        await sign_out_during_the_admin_probe(page, watch, control.tokens)
+        await crash_with_markup(control, marked["id"], "beta")
         await sign_in(page, base, control.tokens["admin"])
         await expect(page.get_by_test_id("who")).to_have_text("admin")
         _, shards, _ = await control.call("GET", "/admin/v1/shards", who="admin")
@@ -281,9 +250,9 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         rows = page.get_by_test_id("shard-row")
         await expect(rows).to_have_count(8)
         for lease in shards["shards"]:
-            shown = page.locator(f'[data-testid="shard-row"][data-shard="{lease["shard"]}"]')
-            await expect(shown.get_by_test_id("owner")).to_have_attribute("title", replica["id"])
-            await expect(shown.get_by_test_id("epoch")).to_have_text(str(lease["epoch"]))
+            shard = page.locator(f'[data-testid="shard-row"][data-shard="{lease["shard"]}"]')
+            await expect(shard.get_by_test_id("owner")).to_have_attribute("title", replica["id"])
+            await expect(shard.get_by_test_id("epoch")).to_have_text(str(lease["epoch"]))
         await expect(page.get_by_test_id("replica-row")).to_have_attribute("data-replica", replica["id"])
         await page.get_by_test_id("reconcile").click()
         foreign = page.locator('[data-testid="drift-item"][data-kind="foreign"]')
@@ -291,11 +260,21 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
         await expect(page.get_by_test_id("drift-report")).to_have_attribute("data-replica", replica["id"])
         admin_row = page.locator(f'[data-testid="server-row"][data-server-id="{server_id}"]')
         await expect(admin_row).to_have_attribute("data-state", "deleted")  # admins see every tenant
+
+        # The agent's markup is the crashed server's last error, shown as text: no element, no script.
+        marked_row = page.locator(f'[data-testid="server-row"][data-server-id="{marked["id"]}"]')
+        await expect(marked_row).to_have_attribute("data-state", "crashed")
+        await expect(marked_row.get_by_test_id("last-error")).to_have_text(
+            f"agent reported crashed: {MARKUP}"
+        )
+        assert await page.locator("img").count() == 0
+        assert await page.evaluate("typeof window.__xss") == "undefined"
+
         streams = [url for url in watch.sockets if urllib.parse.urlsplit(url).path == "/v1/stream"]
         assert streams, watch.sockets
         picture = await page.screenshot(full_page=True)
         assert len(picture) > 10_000
-        save(picture, tmp_path, "dashboard.png")
+        browser.save(picture, tmp_path, "dashboard.png")
         watch.assert_one_origin(base, [])
         assert watch.errors == []
 
@@ -308,3 +287,77 @@ async def test_a_user_and_an_admin_drive_the_dashboard_in_chromium(
             })"""
         )
         assert violated == "connect-src"
+
+
+async def read_the_journal_in_pages_of_two(
+    page: Page, watch: browser.Watch, control: harness.Control, server_id: str
+) -> None:
+    """The page's own journal reader, with pages of two entries, reads the whole journal: it asks
+    with `after=` the last seq it got until a page comes back short."""
+    events = ("GET", f"/v1/servers/{server_id}/events")
+    before = watch.calls()[events]
+    read = await page.evaluate(
+        """async ([id, token]) => {
+            const api = await import("/ui/api.js");
+            const request = (method, path) => api.call(token, method, path);
+            return (await api.readJournal(request, id, 2)).map((entry) => entry.to);
+        }""",
+        [server_id, control.tokens["alpha"]],
+    )
+    journal = await control.journal_states(server_id)
+    assert read == journal
+    pages = len(journal) // 2 + 1  # the last page is the short one (empty when the journal is even)
+
+    async def all_seen() -> bool:
+        return watch.calls()[events] - before == pages
+
+    await helpers.assert_eventually(all_seen, timeout=QUICK / 1000, message=f"not {pages} pages")
+
+
+async def revoke_while_signed_in(page: Page, control: harness.Control) -> None:
+    """A token revoked while signed in: the stream, already authenticated, does not notice; the next
+    API call is a 401, which signs the page out, says why and forgets the token."""
+    async with control.pool.acquire() as conn:
+        token, secret = await tokens.create(conn, "gamma", "user", "revoked by test_dashboard")
+    await sign_in(page, control.base_urls[0], secret)
+    async with control.pool.acquire() as conn:
+        await tokens.revoke(conn, token.id)
+    await expect(page.get_by_test_id("stream-status")).to_have_attribute("data-status", "live")
+    await page.get_by_test_id("create-name").fill("after-revoke")
+    await page.get_by_test_id("create-submit").click()
+    await expect(page.get_by_test_id("signin-form")).to_be_visible()
+    await expect(page.get_by_test_id("error-text")).to_have_text(
+        "The API refused the token: invalid or revoked token"
+    )
+    await expect(page.get_by_test_id("create-form")).to_be_hidden()
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert await control.pool.fetchval("SELECT count(*) FROM servers WHERE tenant = 'gamma'") == 0
+
+
+async def sign_out_during_the_admin_probe(page: Page, watch: browser.Watch, known: dict[str, str]) -> None:
+    """Sign out while the admin probe (GET /admin/v1/shards) is held, let its answer through, sign in
+    as a user: the late answer must not show the admin panels nor load the drift report."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_first(held: Route) -> None:
+        if not arrived.is_set():
+            arrived.set()
+            await release.wait()
+        await held.continue_()
+
+    await page.route("**/admin/v1/shards", hold_the_first)
+    await submit_token(page, known["admin"])
+    async with asyncio.timeout(QUICK / 1000):
+        await arrived.wait()
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("signin-form")).to_be_visible()
+    async with page.expect_response("**/admin/v1/shards") as late:
+        release.set()
+    assert (await late.value).status == 200
+    await submit_token(page, known["alpha"])
+    await expect(page.get_by_test_id("who")).to_have_text("user")
+    await expect(page.get_by_test_id("admin")).to_be_hidden()
+    assert ("GET", "/admin/v1/drift") not in watch.calls()
+    await page.unroute("**/admin/v1/shards", hold_the_first)
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("signin-form")).to_be_visible()

@@ -1,4 +1,4 @@
-"""The dashboard's static files: `GET /` is the page, `GET /ui/{name}` its script and style sheet.
+"""The dashboard's static files: `GET /` is the page, `GET /ui/{name}` its script modules and style sheet.
 
 The page holds no data, so these routes need no token (the auth middleware guards only `/v1/` and
 `/admin/`); everything it shows comes from API calls that carry the token the user typed. Only the
@@ -30,6 +30,11 @@ ASSET_PREFIX = "/ui/"
 FILES = {
     "index.html": "text/html",
     "app.js": "text/javascript",
+    "api.js": "text/javascript",
+    "dom.js": "text/javascript",
+    "render.js": "text/javascript",
+    "session.js": "text/javascript",
+    "stream.js": "text/javascript",
     "style.css": "text/css",
 }
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")

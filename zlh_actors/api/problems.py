@@ -44,8 +44,10 @@ _STATUS: tuple[tuple[type[errors.ZlhError], int, str], ...] = (
     (errors.Transient, 503, "unavailable"),
 )
 
-# Titles for errors translated from a database constraint (whose message is PostgreSQL's).
-_CONSTRAINT_TITLES = {"name-taken": "a live server with this name already exists"}
+# The title of an error translated from a database constraint, whose message is PostgreSQL's. A rule
+# a client can break (a taken name) is checked where it is broken and raised again with its own
+# message (servers/create.py), so this is only for constraints that have no message of their own.
+_CONSTRAINT_TITLE = "conflicts with existing data"
 
 # The structured details a client may see; anything else (Proxmox texts, SQL states, task logs)
 # stays in the logs.
@@ -82,8 +84,8 @@ def from_error(exc: errors.ZlhError) -> web.Response:
                 log.warning("answering 503: %s", exc)
                 title = "temporarily unavailable; try again"
             elif "constraint" in exc.details:
-                # The database's own words name tables and SQL; the client gets the rule instead.
-                title = _CONSTRAINT_TITLES.get(slug, "conflicts with existing data")
+                # The database's own words name tables and SQL: a client never sees them.
+                title = _CONSTRAINT_TITLE
             else:
                 title = exc.message
             extra = {k: _jsonable(v) for k, v in exc.details.items() if k in PUBLIC_DETAILS}
