@@ -41,10 +41,22 @@ _CONFLICTS: dict[str, type[errors.Conflict]] = {
 _UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection whose session was terminated mid-operation (a replica woken from SIGSTOP after a
+    # peer evicted it) can raise this instead of a connection error; it is no more than that.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     OSError,
     asyncio.TimeoutError,
+)
+
+# Everything asyncpg raises for a failed call (`translate` sorts them).
+_DRIVER_ERRORS = (
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
 )
 
 _RETRYABLE = (
@@ -81,7 +93,7 @@ async def guarded(operation: Awaitable[T]) -> T:
     """Await a driver call, translating its errors."""
     try:
         return await operation
-    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise translate(exc) from exc
 
 
@@ -138,7 +150,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     try:
         async with pool.acquire() as conn, conn.transaction():
             yield conn
-    except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise translate(exc) from exc
 
 

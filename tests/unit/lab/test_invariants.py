@@ -176,12 +176,13 @@ def test_stored_answers_decode_from_text() -> None:
 
 def test_check_containers_for_a_peer_without_vmids() -> None:
     """The job-queue peer knows its servers' ids and generations, not where we would place them."""
-    live, spare, gone, dropped = (uuid.UUID(int=n) for n in range(1, 5))
+    live, spare, gone, dropped, bare = (uuid.UUID(int=n) for n in range(1, 6))
     records = [
         invariants.Record(live, 2, live=True, needs_container=True),
         invariants.Record(spare, 1, live=True, needs_container=False),
         invariants.Record(gone, 1, live=True, needs_container=True),
         invariants.Record(dropped, 1, live=False, needs_container=False),
+        invariants.Record(bare, 1, live=True, needs_container=True),
     ]
 
     def container(
@@ -199,8 +200,14 @@ def test_check_containers_for_a_peer_without_vmids() -> None:
         values.update(changes)
         return invariants.Container(**values)  # type: ignore[arg-type]
 
-    clean = [container(500, live, 2), container(501, spare), container(502, None, tagged=False)]
-    assert invariants.check_containers(records[:2] + records[3:], clean) == []
+    # A clone not tagged yet, of a server that needs no container (failed while provisioning): its
+    # retry adopts and tags it, its delete destroys it by its owner line.
+    clean = [
+        container(500, live, 2),
+        container(501, spare, tagged=False, tags=None),
+        container(502, None, tagged=False),
+    ]
+    assert invariants.check_containers(records[:2] + records[3:4], clean) == []
 
     found = invariants.check_containers(
         records,
@@ -208,7 +215,8 @@ def test_check_containers_for_a_peer_without_vmids() -> None:
             *clean,
             container(503, live, 1),
             container(504, dropped, tags=None),
-            container(505, spare, tagged=False),
+            container(505, spare),
+            container(506, bare, tagged=False, tags=None),
         ],
     )
     text = [(violation.invariant, violation.detail) for violation in found]
@@ -216,7 +224,7 @@ def test_check_containers_for_a_peer_without_vmids() -> None:
     assert (2, f"server {spare} has 2 containers: container 501 on pve1, container 505 on pve1") in text
     assert (3, f"container 503 on pve1: is generation 1 of server {live}, now at generation 2") in text
     assert (3, f"container 504 on pve1: belongs to server {dropped}, which is deleted") in text
-    assert (3, f"container 505 on pve1: owned by server {spare} but lacks the zlh tag") in text
+    assert (3, f"container 506 on pve1: owned by server {bare} but lacks the zlh tag") in text
     assert (3, f"server {gone} needs its container of generation 1, and Proxmox has none") in text
     assert len(found) == 6
 
