@@ -118,6 +118,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise
         kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
         return problem(exc.status, exc.reason, headers=kept)
+    except ConnectionResetError:
+        # The client went away mid-request (while we read its body, say): not our error. The answer
+        # goes nowhere, but returning one keeps aiohttp from logging the request as a server error.
+        log.info("client of %s %s disconnected before its answer", request.method, request.path)
+        return problem(400, "the connection closed before the request was complete", slug="bad-request")
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem(500, "internal error", slug="internal")
