@@ -384,6 +384,9 @@ async def test_a_consumer_that_does_not_read_is_closed_as_too_slow(
     control: harness.Control, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream, "HEARTBEAT", 120.0)  # a client that does not read does not pong either
+    # Small bounds, so the backlog builds from hundreds of entries rather than thousands.
+    monkeypatch.setattr(stream, "MAX_PENDING", 50)
+    monkeypatch.setattr(stream, "SEND_BUFFER", 8 * 1024)
     [server_id] = await make_servers(control.pool, "alpha", 1)
 
     async def closed_as_slow() -> bool:
