@@ -58,9 +58,15 @@ INSERT INTO vmid_allocations (vmid, server_id, status) VALUES ($1, NULL, 'foreig
 
 -- free_vmid --
 -- The lowest VMID in a range with no live allocation, or NULL. $1 low, $2 high
-SELECT candidate FROM generate_series($1::integer, $2::integer) AS candidate
-WHERE NOT EXISTS (SELECT 1 FROM vmid_allocations WHERE vmid = candidate AND status <> 'released')
-ORDER BY candidate LIMIT 1;
+-- The lowest free value is the range's first or one past a live one, so only those are tried: the
+-- cost follows the allocations, not the size of the range (a sorted series of 10,000 took ~10 ms).
+SELECT min(candidate) FROM (
+    SELECT $1::integer AS candidate
+    UNION ALL
+    SELECT vmid + 1 FROM vmid_allocations WHERE status <> 'released' AND vmid >= $1 AND vmid < $2
+) AS c
+WHERE candidate <= $2
+  AND NOT EXISTS (SELECT 1 FROM vmid_allocations WHERE vmid = candidate AND status <> 'released');
 
 -- reserve_ip --
 -- Record a live reservation of an IP address for a server. $1 ip, $2 server_id
@@ -247,18 +253,32 @@ SELECT pg_advisory_xact_lock($1::bigint);
 
 -- free_ip --
 -- The lowest host address of a subnet (skipping the given ones) with no live allocation, or NULL. $1 first address (inet), $2 number of candidates, $3 excluded addresses (inet[])
-SELECT $1::inet + offs AS ip FROM generate_series(0::bigint, $2::bigint - 1) AS offs
-WHERE NOT ($1::inet + offs = ANY ($3::inet[]))
-  AND NOT EXISTS (SELECT 1 FROM ip_allocations WHERE ip = $1::inet + offs AND status <> 'released')
-ORDER BY offs LIMIT 1;
+-- As free_vmid: the first address, or one past a live or excluded one (a /16 as a sorted series
+-- took ~40 ms, inside the allocation lock every create holds).
+SELECT min(candidate) AS ip FROM (
+    SELECT $1::inet AS candidate
+    UNION ALL
+    SELECT ip + 1 FROM ip_allocations
+    WHERE status <> 'released' AND ip >= $1::inet AND ip < $1::inet + ($2::bigint - 1)
+    UNION ALL
+    SELECT x + 1 FROM unnest($3::inet[]) AS x WHERE x >= $1::inet AND x < $1::inet + ($2::bigint - 1)
+) AS c
+WHERE NOT (candidate = ANY ($3::inet[]))
+  AND NOT EXISTS (SELECT 1 FROM ip_allocations WHERE ip = candidate AND status <> 'released');
 
 -- free_port --
 -- The lowest port of a range with no live allocation on the node, or NULL. $1 node, $2 low, $3 high
-SELECT candidate FROM generate_series($2::integer, $3::integer) AS candidate
-WHERE NOT EXISTS (
+-- As free_vmid: the range's first port, or one past a live one on the node.
+SELECT min(candidate) FROM (
+    SELECT $2::integer AS candidate
+    UNION ALL
+    SELECT port + 1 FROM port_allocations
+    WHERE node = $1 AND status <> 'released' AND port >= $2 AND port < $3
+) AS c
+WHERE candidate <= $3
+  AND NOT EXISTS (
     SELECT 1 FROM port_allocations WHERE node = $1 AND port = candidate AND status <> 'released'
-)
-ORDER BY candidate LIMIT 1;
+  );
 
 -- vmid_to_foreign --
 -- Hand a server's live VMID over to 'foreign' (Proxmox holds it for someone else). $1 server_id, $2 vmid
