@@ -14,9 +14,11 @@ An enrollment for a newer generation replaces the old one at once (persisted bef
 converges in one background task: cancel the previous install, stop the game if it runs (its exit is
 reported as `stopped`), install, report. The previous install is cancelled synchronously in the
 request handler, before anything can await, so a superseded install can never report `installed`
-under the new enrollment. The same generation again is idempotent (it retries a failed install); the
-same generation with different contents, or an older one, is refused: the control plane's generation
-number is what orders enrollments, and an older one arriving late must not roll the server back.
+under the new enrollment. The same generation again is idempotent (it retries a failed install), and
+may bring a new token or callback URL (a replica that took the server over re-enrolls it, and its
+predecessor's token is revoked): those replace the old ones, the install stays. The same generation
+with another manifest, or an older one, is refused: the control plane's generation number is what
+orders enrollments, and an older one arriving late must not roll the server back.
 
 Reports always carry the current enrollment; the reporter drops undelivered reports of older ones.
 Background tasks (install, game watcher, readiness poller, graceful stop) are named and tracked, so
@@ -116,11 +118,19 @@ class Agent:
                     requested=enrollment.generation,
                 )
             if enrollment.generation == current.generation:
-                if enrollment != current:
+                if (enrollment.server_id, enrollment.manifest) != (current.server_id, current.manifest):
                     raise GenerationConflict(
                         f"generation {current.generation} is already enrolled with different contents",
                         current=current.generation,
                         requested=enrollment.generation,
+                    )
+                if enrollment != current:
+                    # The same install with a new token or callback: the replica that now owns the
+                    # server enrolled again after its predecessor died (and the old token with it).
+                    self._store.save_enrollment(enrollment)
+                    self._enrollment = enrollment
+                    log.info(
+                        "enrollment of generation %d renewed: new token or callback", enrollment.generation
                     )
                 if self._state != "install_failed" or self._installing():
                     return False

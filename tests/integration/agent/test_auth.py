@@ -83,6 +83,7 @@ async def test_generations_only_move_forward(
     changed = {**body, "manifest": file_server.manifest(game_port=port, memory_mb=2048)}
     changed_code, _ = await agent.enroll(changed)
     again_code, again = await agent.enroll(body)
+    renewed_code, renewed = await agent.enroll({**body, "token": "zlha_" + "n" * 43})
     start_code, _ = await agent.start_game(4)
     stop_code, _ = await agent.stop_game(6)
 
@@ -92,6 +93,10 @@ async def test_generations_only_move_forward(
     assert changed_code == 409
     assert again_code == 200
     assert again["state"] == "installed"
+    # A new owner's enrollment: the same install, its own token (the dead owner's was revoked).
+    assert (renewed_code, renewed["state"]) == (200, "installed")
+    saved = json.loads((agent.state_dir / "enrollment.json").read_text())
+    assert saved["token"] == "zlha_" + "n" * 43
     assert (start_code, stop_code) == (409, 409)
     status = await agent.status()
     assert (status["generation"], status["state"]) == (5, "installed")
