@@ -23,7 +23,11 @@ Each probe runs in a fresh interpreter: in a reused one, RSS would not grow (fre
 and one probe's leftovers would sit in the next one's baseline. Every figure below is the median over
 `--repeat` runs.
 
-    .venv/bin/python -m bench.actors [--actors 10000] [--repeat 3]
+A whole replica. Then (unless `--servers-in-db 0`) the resident memory of one real `server.py`
+process with `--servers-in-db` servers in its database, most of them passivated, against the same
+replica over an empty database (`bench.replica_memory` says how; target: under 1 GiB with 100,000).
+
+    .venv/bin/python -m bench.actors [--actors 10000] [--repeat 3] [--servers-in-db 100000] [--wake 1000]
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import replica_memory
 from bench.common import machine, p99, rss_bytes
 from statemachines import chart, lifecycle
 from zlh_actors.runtime import actors
@@ -316,6 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--actors", type=int, default=10_000, help="resident idle actors (default 10000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of every probe (default 3)")
     parser.add_argument("--top", type=int, default=8, help="allocation sites to list (default 8)")
+    parser.add_argument(
+        "--servers-in-db",
+        type=int,
+        default=100_000,
+        help="servers in the database for the replica RSS measurement; 0 skips it (default 100000)",
+    )
+    parser.add_argument("--wake", type=int, default=1000, help="actors the replica wakes (default 1000)")
     parser.add_argument("--probe", choices=PROBES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe is not None:
@@ -327,7 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for number in range(1, args.repeat + 1):
         print(f"  run {number}/{args.repeat} ...", flush=True)
         runs.append({name: run_probe(name, args.actors, args.top) for name in PROBES})
-    return 0 if report(args.actors, runs, args.top) else 1
+    passed = report(args.actors, runs, args.top)
+    if args.servers_in_db > 0:
+        print(
+            f"\nreplica: {args.servers_in_db:,} servers in the database, {args.wake:,} woken; "
+            f"machine now: {machine()}",
+            flush=True,
+        )
+        passed = asyncio.run(replica_memory.run(args.servers_in_db, args.wake)) and passed
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

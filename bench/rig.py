@@ -1,0 +1,217 @@
+"""What the service benchmarks stand on: a scratch database, a lab, and one replica in this process.
+
+    async with rig.in_process() as stand:
+        await stand.call("POST", "/v1/servers", json=..., headers={"Idempotency-Key": ...})
+
+The database is `DATABASE_URL` when set, else the development server on 127.0.0.1:5432; a benchmark
+never writes into it directly but into a database of its own, created and migrated at the start and
+dropped (WITH FORCE) at the end, so runs of several engineers never see each other's rows.
+
+The lab runs with `time_scale=0` and no game warm-up: fakepve's tasks complete at once and the
+stand-in game answers as soon as it has started, so what remains is the control plane's own work, the
+database, and the real agent and game processes. It gets a random loopback /16, like the test labs,
+so concurrent labs never share an address.
+
+The replica is `zlh_actors.service.running` with the service's default settings (pool size, shards,
+heartbeats, timeouts), pointed at the lab with `lab.settings.applied`: a benchmark measures what
+production would run, not the fast timings the tests use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import shutil
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from storage import database, migrate
+from zlh_actors import config, service
+from zlh_actors.lab import replicas, world
+from zlh_actors.lab import settings as lab_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
+RETRIES = 8
+RETRY_PAUSE = 0.25  # seconds, times the attempt number
+TENANT = "alpha"  # `replicas.prepare_database` makes a user token for it
+VERSIONS = {"minecraft_version": "1.21.1", "fabric": {"loader": "0.16.14", "installer": "1.0.1"}}
+
+
+def admin_url() -> str:
+    """The server to make scratch databases on."""
+    return os.environ.get("DATABASE_URL") or DEV_SERVER_URL
+
+
+def _with_database(url: str, name: str) -> str:
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin: str | None = None) -> AsyncIterator[str]:
+    """A new migrated database, dropped when the block exits; yields its URL."""
+    admin = admin or admin_url()
+    name = f"zlh_bench_{uuid.uuid4().hex[:12]}"
+    conn = await database.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = _with_database(admin, name)
+    try:
+        conn = await database.connect(url)
+        try:
+            await migrate.migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        conn = await database.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+class Warnings(logging.Handler):
+    """Counts the replica's warnings and errors by logger instead of printing each one.
+
+    Under overload a replica logs one line per actor it stops (a lost lease stops them all), which
+    would bury the benchmark's figures; the count, and one example per logger, say the same."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[record.name] += 1
+        self.examples.setdefault(record.name, record.getMessage()[:160])
+
+    def summary(self) -> list[str]:
+        return [
+            f"{count:,} from {name}, e.g. {self.examples[name]!r}"
+            for name, count in self.counts.most_common()
+        ]
+
+
+def lab_subnet() -> str:
+    return f"127.{random.randint(21, 250)}.0.0/16"
+
+
+@contextlib.asynccontextmanager
+async def lab() -> AsyncIterator[world.Lab]:
+    """A lab with instant Proxmox tasks and no game warm-up, in a temporary directory removed after."""
+    path = Path(tempfile.mkdtemp(prefix="zlh-bench-"))
+    try:
+        async with world.Lab(path / "lab", time_scale=0, warmup=0, subnet=lab_subnet()) as running:
+            yield running
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def body(name: str) -> dict[str, Any]:
+    """A create request's body for a server of this name (the lab pins these versions)."""
+    return {"name": name, **VERSIONS}
+
+
+@dataclasses.dataclass
+class Stand:
+    """One replica in this process, its lab and its database, and an HTTP client of it.
+
+    Attributes:
+        base_url: the replica's HTTP address.
+        tokens: bearer tokens by name ("alpha", "beta": users; "admin").
+        settings: the replica's settings.
+        url: the scratch database's URL.
+        pool: a small pool on it for the benchmark's own reads (journal, counts).
+        lab: the lab.
+        http: a client session (no connection limit).
+        warnings: the replica's (and the lab's) warnings so far.
+        unavailable: 503 answers `call` retried.
+    """
+
+    base_url: str
+    tokens: dict[str, str]
+    settings: config.Settings
+    url: str
+    pool: asyncpg.Pool
+    lab: world.Lab
+    http: aiohttp.ClientSession
+    warnings: Warnings
+    unavailable: int = 0
+
+    async def lease_takeovers(self) -> int:
+        """Shard leases taken more than once: each is a lease this replica lost and took again."""
+        async with self.pool.acquire() as conn:
+            taken: int = await conn.fetchval(
+                "SELECT coalesce(sum(greatest(epoch - 1, 0)), 0) FROM shard_leases"
+            )
+            return taken
+
+    async def print_health(self) -> None:
+        """What went wrong in the replica while it was measured: leases lost, warnings logged."""
+        print(f"  shard leases lost and taken again: {await self.lease_takeovers():,}")
+        print(f"  503 answers (retried by the benchmark's client): {self.unavailable:,}")
+        for line in self.warnings.summary() or ["none"]:
+            print(f"  replica warnings: {line}")
+
+    async def call(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One request as a well-behaved client makes it: a 503 ("try again") is retried a few times
+        with a growing pause, and counted in `unavailable`."""
+        sent = {"Authorization": f"Bearer {self.tokens[TENANT]}", **(headers or {})}
+        attempt = 1
+        while True:
+            async with self.http.request(method, self.base_url + path, json=json, headers=sent) as response:
+                answer = await response.json(content_type=None)
+                if response.status != 503 or attempt == RETRIES:
+                    return response.status, answer
+            self.unavailable += 1
+            await asyncio.sleep(RETRY_PAUSE * attempt)
+            attempt += 1
+
+
+@contextlib.asynccontextmanager
+async def in_process(**overrides: Any) -> AsyncIterator[Stand]:
+    """A scratch database, a lab and one replica in this process (`overrides`: settings fields)."""
+    warnings = Warnings()
+    logging.getLogger().addHandler(warnings)  # also keeps logging's last-resort printer quiet
+    try:
+        async with scratch_database() as url, lab() as running:
+            made = await replicas.prepare_database(running, url)
+            values: dict[str, Any] = {"database_url": url, "port": replicas.free_port(), **overrides}
+            settings = lab_settings.applied(running.settings, config.Settings(), **values)
+            async with service.running(settings, url):
+                pool = await database.create_pool(url, max_size=4)
+                connector = aiohttp.TCPConnector(limit=0)
+                http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
+                try:
+                    yield Stand(
+                        base_url=f"http://127.0.0.1:{settings.port}",
+                        tokens=made,
+                        settings=settings,
+                        url=url,
+                        pool=pool,
+                        lab=running,
+                        http=http,
+                        warnings=warnings,
+                    )
+                finally:
+                    await http.close()
+                    await pool.close()
+    finally:
+        logging.getLogger().removeHandler(warnings)

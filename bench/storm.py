@@ -1,0 +1,259 @@
+"""An idempotency storm: 1,000 concurrent creates over 100 keys, against bare requests in the same run.
+
+What runs. One replica in this process (`bench.rig.in_process`, the service's default settings, a
+lab, a scratch database). The load comes from a separate client process (`--client`, started by
+the driver), so the client's own work does not run on the replica's event loop. The client first
+opens its connections with a warm-up burst of `/healthz` (not reported: 1,000 connects at once
+would overflow the listen backlog and time TCP's retransmits, not the service), then fires, each
+burst all at once over those kept-alive connections, every request timed from send to body read:
+
+1. baseline: `--requests` concurrent `GET /healthz` (the HTTP stack alone: no token, no database);
+2. the storm: `--requests` concurrent `POST /v1/servers`, `--keys` idempotency keys, each key sent
+   `requests / keys` times with the same body, in a shuffled order;
+3. baseline again: `--requests` concurrent `GET /healthz`, while provisioning runs in the background;
+4. a second baseline: `--requests` concurrent `GET /v1/servers/{id}` over the storm's servers (a
+   token check and a one-row read: the least an authenticated request costs).
+
+What is checked. Every create answers 202; the answers for one key all name the same server; the
+database holds exactly `--keys` servers; exactly `requests - keys` answers are replays
+(`Idempotent-Replayed: true`). The target: the storm's p99 under 250 ms. The exit status is 1 when a
+check fails or the target is missed. The servers are deleted afterwards (not measured), so the lab's
+agents stop before the run ends.
+
+    .venv/bin/python -m bench.storm [--requests 1000] [--keys 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from bench import rig
+from bench.common import machine, p99, percentile
+from zlh_actors import config
+
+TARGET_P99 = 0.250
+DELETE_TIMEOUT = 300.0
+
+Request = tuple[str, str, dict[str, str], Any]  # method, path, headers, JSON body
+
+
+# --- the client process -------------------------------------------------------------------------
+
+
+async def burst(http: aiohttp.ClientSession, base: str, requests: list[Request]) -> list[dict[str, Any]]:
+    """Every request at once; each one's latency, status, replay header and answer."""
+
+    async def one(method: str, path: str, headers: dict[str, str], body: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        async with http.request(method, base + path, headers=headers, json=body) as response:
+            answer = await response.read()
+            return {
+                "seconds": time.perf_counter() - start,
+                "status": response.status,
+                "replayed": response.headers.get("Idempotent-Replayed") == "true",
+                "answer": json.loads(answer) if answer else None,
+            }
+
+    return list(await asyncio.gather(*(one(*request) for request in requests)))
+
+
+async def client(plan: dict[str, Any]) -> dict[str, Any]:
+    base, token, n, keys = plan["base_url"], plan["token"], plan["requests"], plan["keys"]
+    auth = {"Authorization": f"Bearer {token}"}
+    health: list[Request] = [("GET", "/healthz", {}, None)] * n
+    creates: list[Request] = [
+        ("POST", "/v1/servers", {**auth, "Idempotency-Key": f"{plan['run']}-{k}"}, rig.body(f"storm-{k}"))
+        for k in range(keys)
+        for _ in range(n // keys)
+    ]
+    random.Random(plan["run"]).shuffle(creates)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=120)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        await burst(http, base, health)  # warm-up: opens the connections
+        before = await burst(http, base, health)
+        storm = await burst(http, base, creates)
+        after = await burst(http, base, health)
+        ids = sorted({item["answer"]["id"] for item in storm if item["status"] == 202})
+        reads: list[Request] = [("GET", f"/v1/servers/{ids[i % len(ids)]}", auth, None) for i in range(n)]
+        read = await burst(http, base, reads) if ids else []
+    storm_keys = [request[2]["Idempotency-Key"] for request in creates]
+    for item, key in zip(storm, storm_keys, strict=True):
+        item["key"] = key
+    return {"healthz_before": before, "storm": storm, "healthz_after": after, "get_server": read}
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+async def run_client(plan: dict[str, Any]) -> dict[str, Any]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.storm",
+        "--client",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=rig.ROOT,
+    )
+    out, err = await process.communicate(json.dumps(plan).encode())
+    if process.returncode != 0:
+        raise RuntimeError(f"the client failed ({process.returncode}):\n{err.decode()[-3000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def delete_all(stand: rig.Stand, ids: list[str]) -> None:
+    """Delete the storm's servers and wait until every one is `deleted` (tidying, not measured)."""
+    for server_id in ids:
+        status, answer = await stand.call("DELETE", f"/v1/servers/{server_id}")
+        if status != 202:
+            raise RuntimeError(f"delete of {server_id} answered {status}: {answer}")
+    deadline = time.monotonic() + DELETE_TIMEOUT
+    while True:
+        async with stand.pool.acquire() as conn:
+            left = await conn.fetchval("SELECT count(*) FROM servers WHERE state <> 'deleted'")
+        if left == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} servers not deleted within {DELETE_TIMEOUT:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+def check(storm: list[dict[str, Any]], keys: int, in_database: int) -> list[str]:
+    """What the storm's answers and the database got wrong (empty when nothing)."""
+    problems = []
+    statuses = collections.Counter(item["status"] for item in storm)
+    if set(statuses) != {202}:
+        problems.append(f"answers other than 202: {dict(statuses)}")
+    named: dict[str, set[str]] = collections.defaultdict(set)
+    for item in storm:
+        if item["status"] == 202:
+            named[item["key"]].add(item["answer"]["id"])
+    split = {key: ids for key, ids in named.items() if len(ids) != 1}
+    if split:
+        problems.append(
+            f"{len(split)} keys answered with more than one server, e.g. {next(iter(split.items()))}"
+        )
+    if len({next(iter(ids)) for ids in named.values()}) != len(named):
+        problems.append("two keys answered with the same server")
+    if in_database != keys:
+        problems.append(f"{in_database} servers in the database, expected {keys}")
+    replays = sum(1 for item in storm if item["replayed"])
+    if replays != len(storm) - keys:
+        problems.append(f"{replays} replayed answers, expected {len(storm) - keys}")
+    return problems
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:9.1f} ms"
+
+
+def report(result: dict[str, Any], problems: list[str]) -> bool:
+    def seconds(phase: str) -> list[float]:
+        return [float(item["seconds"]) for item in result[phase]]
+
+    storm = seconds("storm")
+    header = "p50         p99         max     ratio p50  ratio p99"
+    print(f"\nlatency of {len(storm):,} concurrent requests     {header}")
+    rows = (
+        ("healthz_before", "GET /healthz, before (baseline)"),
+        ("storm", "POST /v1/servers, the storm"),
+        ("healthz_after", "GET /healthz, after"),
+        ("get_server", "GET /v1/servers/{id}, after"),
+    )
+    base = seconds("healthz_before")
+    for phase, label in rows:
+        samples = seconds(phase)
+        if not samples:
+            continue
+        print(
+            f"  {label:33}{ms(percentile(samples, 0.5))}{ms(p99(samples))}{ms(max(samples))}"
+            f"{percentile(samples, 0.5) / percentile(base, 0.5):10.2f}x{p99(samples) / p99(base):10.2f}x"
+        )
+    print(
+        "  storm over the other baselines (p50, p99): GET /healthz after "
+        f"{percentile(storm, 0.5) / percentile(seconds('healthz_after'), 0.5):.2f}x, "
+        f"{p99(storm) / p99(seconds('healthz_after')):.2f}x; GET /v1/servers/{{id}} "
+        f"{percentile(storm, 0.5) / percentile(seconds('get_server'), 0.5):.2f}x, "
+        f"{p99(storm) / p99(seconds('get_server')):.2f}x"
+    )
+    first = [item["seconds"] for item in result["storm"] if not item["replayed"]]
+    replays = [item["seconds"] for item in result["storm"] if item["replayed"]]
+    if first and replays:
+        print(
+            f"  storm: first answers (created) p50 {ms(statistics.median(first)).strip()}, "
+            f"replays p50 {ms(statistics.median(replays)).strip()}"
+        )
+    for problem in problems:
+        print(f"  WRONG: {problem}")
+    passed = p99(storm) < TARGET_P99 and not problems
+    verdict = "PASS" if passed else "FAIL"
+    print(
+        f"\ntarget: storm p99 < {TARGET_P99 * 1000:.0f} ms, one server per key, answers agree: {verdict} "
+        f"(p99 {p99(storm) * 1000:.1f} ms, {len(problems)} problems)"
+    )
+    return passed
+
+
+async def run(args: argparse.Namespace) -> bool:
+    print(f"machine: {machine()}")
+    async with rig.in_process(db_pool_size=args.pool_size) as stand:
+        print(
+            f"run: {args.requests:,} concurrent creates over {args.keys} idempotency keys "
+            f"({args.requests // args.keys} each); one in-process replica "
+            f"(pool {stand.settings.db_pool_size}); the client in its own process"
+        )
+        plan = {
+            "base_url": stand.base_url,
+            "token": stand.tokens[rig.TENANT],
+            "requests": args.requests,
+            "keys": args.keys,
+            "run": uuid.uuid4().hex[:8],
+        }
+        result = await run_client(plan)
+        async with stand.pool.acquire() as conn:
+            in_database = await conn.fetchval("SELECT count(*) FROM servers")
+        problems = check(result["storm"], args.keys, in_database)
+        await stand.print_health()
+        print(f"  {in_database} servers in the database; deleting them (not measured) ...", flush=True)
+        ids = sorted({item["answer"]["id"] for item in result["storm"] if item["status"] == 202})
+        await delete_all(stand, ids)
+    return report(result, problems)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=1000, help="concurrent creates (default 1000)")
+    parser.add_argument("--keys", type=int, default=100, help="idempotency keys among them (default 100)")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=config.Settings.db_pool_size,
+        help=f"the replica's database pool (default {config.Settings.db_pool_size}, the service's)",
+    )
+    args = parser.parse_args(argv)
+    if args.client:
+        print(json.dumps(asyncio.run(client(json.load(sys.stdin)))))
+        return 0
+    if args.requests % args.keys:
+        parser.error("--requests must be a multiple of --keys")
+    return 0 if asyncio.run(run(args)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
