@@ -1,11 +1,13 @@
 """What the failover and stream benchmarks share: a fresh database, a lab, and `server.py` replicas.
 
 A benchmark must not touch anyone's data and must leave nothing behind, so `fresh_database` creates
-a database of its own, migrates it, and drops it at the end: on a PostgreSQL server of the run's own
-(in a directory the benchmark names, stopped at the end), or on the one the tests use
-(`DATABASE_URL`, else the development server on 127.0.0.1:5432, else `.zlh/test-pg`). A server of
-its own is the default of the benchmarks: on a shared server, other people's transactions hold back
-the journal's horizon (docs/stream.md, "Limits") and take connections and locks.
+a database of its own, migrates it, and drops it at the end (`zlh_actors.lab.scratchdb`): on a
+PostgreSQL server of the run's own, in the run's directory and stopped at the end, or with
+`--shared-database` on the one the tests use (`DATABASE_URL`, else the development server on
+127.0.0.1:5432, else `.zlh/pg`). A server of its own is the default of the benchmarks: on a shared
+server, other people's transactions hold back the journal's horizon (docs/stream.md, "Limits") and
+take connections and locks. `add_options` and `in_directory` are the command line and the run's
+directory both benchmarks take.
 
 `Deployment` runs the replicas as real processes (`zlh_actors.lab.replicas`) against a lab
 (`zlh_actors.lab.world.Lab`, on a loopback /16 of its own), each logging to a file in the run's
@@ -14,90 +16,52 @@ directory, so a benchmark can kill one with SIGKILL exactly as production loses 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-import os
-import random
+import shutil
 import signal
-import urllib.parse
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 
-from storage import database, migrate
-from zlh_actors import localdb
-from zlh_actors.lab import replicas, world
+from zlh_actors.lab import replicas, scratchdb, world
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REGISTER_TIMEOUT = 30.0
 
 
-def _with_database(url: str, name: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
+def add_options(parser: argparse.ArgumentParser, kept: str) -> None:
+    """`--shared-database` and `--keep` (`kept`: what the run's directory holds besides the lab)."""
+    parser.add_argument(
+        "--shared-database",
+        action="store_true",
+        help="use the tests' PostgreSQL, not a server of the run's own",
+    )
+    parser.add_argument("--keep", action="store_true", help=f"keep {kept} and the lab directory")
 
 
-async def _shared_admin_url() -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
+def fresh_database(args: argparse.Namespace, directory: Path) -> contextlib.AbstractAsyncContextManager[str]:
+    """The run's database: on a server of its own under `directory` unless `--shared-database`."""
+    private = None if args.shared_database else directory / "pg"
+    return scratchdb.scratch("zlh_bench", private=private)
+
+
+def in_directory(kind: str, keep: bool, run: Callable[[Path], bool]) -> bool:
+    """`run` in a new directory `zlh-bench-<kind>-*`, removed afterwards unless kept or the run failed."""
+    directory = Path(tempfile.mkdtemp(prefix=f"zlh-bench-{kind}-"))
+    passed = False
     try:
-        conn = await asyncpg.connect(DEV_SERVER_URL, timeout=3)
-    except (TimeoutError, OSError, asyncpg.PostgresError):
-        local = await asyncio.to_thread(localdb.ensure_running, ROOT / ".zlh" / "test-pg")
-        return await localdb.ensure_database(local)
-    await conn.close()
-    return DEV_SERVER_URL
-
-
-@contextlib.asynccontextmanager
-async def _server(private: Path | None) -> AsyncIterator[str]:
-    """An admin URL: of a private server in `private` (stopped on the way out), else the shared one."""
-    if private is None:
-        yield await _shared_admin_url()
-        return
-    server = await asyncio.to_thread(localdb.ensure_running, private)
-    try:
-        yield server.url("postgres")
+        passed = run(directory)
     finally:
-        if server.started_here:
-            await asyncio.to_thread(localdb.stop, server)
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(private: Path | None = None) -> AsyncIterator[str]:
-    """The URL of a new, migrated database of this run's own, dropped on the way out.
-
-    With `private`, on a PostgreSQL server of the run's own in that directory: nobody else's
-    transactions share its horizon or its locks. Without, on the server the tests use.
-    """
-    async with _server(private) as admin:
-        name = f"zlh_bench_{uuid.uuid4().hex[:12]}"
-        conn = await database.connect(admin)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        url = _with_database(admin, name)
-        try:
-            conn = await database.connect(url)
-            try:
-                await migrate.migrate(conn)
-            finally:
-                await conn.close()
-            yield url
-        finally:
-            conn = await database.connect(admin)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await conn.close()
-
-
-def subnet() -> str:
-    """A loopback /16 of the run's own: labs of concurrent test runs never share an address."""
-    return f"127.{random.randint(21, 250)}.0.0/16"
+        if keep or not passed:
+            print(f"logs: {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    return passed
 
 
 class Replica:

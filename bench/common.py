@@ -1,10 +1,11 @@
-"""What every benchmark shares: the machine it ran on, and percentiles of its samples."""
+"""What every benchmark shares: the machine it ran on, percentiles of its samples, a lab's subnet."""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,3 +45,8 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
 
 def p99(samples: Sequence[float]) -> float:
     return percentile(samples, 0.99)
+
+
+def lab_subnet() -> str:
+    """A random loopback /16 for a lab: labs of concurrent runs and tests never share an address."""
+    return f"127.{random.randint(21, 250)}.0.0/16"

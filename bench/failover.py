@@ -56,11 +56,9 @@ import contextlib
 import dataclasses
 import datetime
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -70,7 +68,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench import _cpu, _deployment, _holder
+from bench import _cpu, _deployment, _holder, common
 from bench.common import machine, p99
 from storage import database
 from zlh_actors.lab import replicas as lab_replicas
@@ -583,8 +581,8 @@ async def run(args: argparse.Namespace, directory: Path) -> bool:
         "ZLH_DB_POOL_SIZE": "6",
     }
     async with (
-        _deployment.fresh_database(None if args.shared_database else directory / "pg") as url,
-        world.Lab(directory / "lab", time_scale=0.02, warmup=0.3, subnet=_deployment.subnet()) as lab,
+        _deployment.fresh_database(args, directory) as url,
+        world.Lab(directory / "lab", time_scale=0.02, warmup=0.3, subnet=common.lab_subnet()) as lab,
     ):
         tokens = await lab_replicas.prepare_database(lab, url)
         pool = await database.create_pool(url, max_size=4)
@@ -637,12 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=64, help="ZLH_SHARDS (default 64)")
     parser.add_argument("--heartbeat", type=float, default=0.5, help="ZLH_HEARTBEAT_INTERVAL (default 0.5)")
     parser.add_argument("--lease-timeout", type=float, default=3.0, help="ZLH_LEASE_TIMEOUT (default 3.0)")
-    parser.add_argument(
-        "--shared-database",
-        action="store_true",
-        help="use the tests' PostgreSQL, not a server of the run's own",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the replicas' logs and the lab directory")
+    _deployment.add_options(parser, kept="the replicas' logs")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print(
@@ -651,12 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load: {args.servers} servers, {args.rate:g} commands/s",
         flush=True,
     )
-    directory = Path(tempfile.mkdtemp(prefix="zlh-bench-failover-"))
-    passed = asyncio.run(run(args, directory))
-    if args.keep or not passed:
-        print(f"logs: {directory}")
-    else:
-        shutil.rmtree(directory, ignore_errors=True)
+    passed = _deployment.in_directory(
+        "failover", args.keep, lambda directory: asyncio.run(run(args, directory))
+    )
     return 0 if passed else 1
 
 

@@ -46,7 +46,6 @@ import aiohttp
 from bench import rig
 from bench.common import machine, p99, percentile
 from storage import database
-from zlh_actors import config
 
 TARGET_RATIO = 0.5
 WAIT_TIMEOUT = 300.0  # seconds one server may take to reach a state before the run is a failure
@@ -361,12 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-seconds", type=float, default=5.0, help="length of each commit-rate baseline (default 5)"
     )
-    parser.add_argument(
-        "--pool-size",
-        type=int,
-        default=config.Settings.db_pool_size,
-        help=f"the replica's database pool (default {config.Settings.db_pool_size}, the service's)",
-    )
+    rig.add_pool_size(parser)
     args = parser.parse_args(argv)
     return 0 if asyncio.run(run(args)) else 1
 

@@ -45,7 +45,7 @@ from bench import rig
 from bench.common import rss_bytes
 from storage import database, queries
 from zlh_actors import config
-from zlh_actors.lab import replicas, world
+from zlh_actors.lab import replicas, scratchdb, world
 from zlh_actors.servers import actor, requests
 
 TARGET_BYTES = 1 << 30
@@ -170,7 +170,7 @@ async def wake(http: aiohttp.ClientSession, base: str, token: str, ids: list[str
 
 async def measure_one(lab: world.Lab, servers: int, woken: int, directory: Path) -> dict[str, Any]:
     """The phases' RSS of one replica over a database holding `servers` servers."""
-    async with rig.scratch_database() as url:
+    async with scratchdb.scratch("zlh_bench") as url:
         made = await replicas.prepare_database(lab, url)
         inserted = await insert_servers(url, servers) if servers else 0.0
         ids = await bulk_ids(url, woken) if servers else []

@@ -3,9 +3,9 @@
     async with rig.in_process() as stand:
         await stand.call("POST", "/v1/servers", json=..., headers={"Idempotency-Key": ...})
 
-The database is `DATABASE_URL` when set, else the development server on 127.0.0.1:5432; a benchmark
-never writes into it directly but into a database of its own, created and migrated at the start and
-dropped (WITH FORCE) at the end, so runs of several engineers never see each other's rows.
+The database is one of the benchmark's own (`zlh_actors.lab.scratchdb.scratch`: on `DATABASE_URL`'s
+server, else the development server on 127.0.0.1:5432, else `.zlh/pg`), created and migrated at the
+start and dropped (WITH FORCE) at the end, so runs of several engineers never see each other's rows.
 
 The lab runs with `time_scale=0` and no game warm-up: fakepve's tasks complete at once and the
 stand-in game answers as soon as it has started, so what remains is the control plane's own work, the
@@ -19,17 +19,14 @@ production would run, not the fast timings the tests use.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
 import dataclasses
 import logging
-import os
-import random
 import shutil
 import tempfile
-import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,52 +34,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from storage import database, migrate
+from bench import common
+from storage import database
 from zlh_actors import config, service
-from zlh_actors.lab import replicas, world
+from zlh_actors.lab import replicas, scratchdb, world
 from zlh_actors.lab import settings as lab_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 RETRIES = 8
 RETRY_PAUSE = 0.25  # seconds, times the attempt number
 TENANT = "alpha"  # `replicas.prepare_database` makes a user token for it
 VERSIONS = {"minecraft_version": "1.21.1", "fabric": {"loader": "0.16.14", "installer": "1.0.1"}}
-
-
-def admin_url() -> str:
-    """The server to make scratch databases on."""
-    return os.environ.get("DATABASE_URL") or DEV_SERVER_URL
-
-
-def _with_database(url: str, name: str) -> str:
-    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{name}"))
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(admin: str | None = None) -> AsyncIterator[str]:
-    """A new migrated database, dropped when the block exits; yields its URL."""
-    admin = admin or admin_url()
-    name = f"zlh_bench_{uuid.uuid4().hex[:12]}"
-    conn = await database.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _with_database(admin, name)
-    try:
-        conn = await database.connect(url)
-        try:
-            await migrate.migrate(conn)
-        finally:
-            await conn.close()
-        yield url
-    finally:
-        conn = await database.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 class Warnings(logging.Handler):
@@ -107,19 +69,25 @@ class Warnings(logging.Handler):
         ]
 
 
-def lab_subnet() -> str:
-    return f"127.{random.randint(21, 250)}.0.0/16"
-
-
 @contextlib.asynccontextmanager
 async def lab() -> AsyncIterator[world.Lab]:
     """A lab with instant Proxmox tasks and no game warm-up, in a temporary directory removed after."""
     path = Path(tempfile.mkdtemp(prefix="zlh-bench-"))
     try:
-        async with world.Lab(path / "lab", time_scale=0, warmup=0, subnet=lab_subnet()) as running:
+        async with world.Lab(path / "lab", time_scale=0, warmup=0, subnet=common.lab_subnet()) as running:
             yield running
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def add_pool_size(parser: argparse.ArgumentParser) -> None:
+    """`--pool-size`: the in-process replica's database pool, by default the service's own."""
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=config.Settings.db_pool_size,
+        help=f"the replica's database pool (default {config.Settings.db_pool_size}, the service's)",
+    )
 
 
 def body(name: str) -> dict[str, Any]:
@@ -191,7 +159,7 @@ async def in_process(**overrides: Any) -> AsyncIterator[Stand]:
     warnings = Warnings()
     logging.getLogger().addHandler(warnings)  # also keeps logging's last-resort printer quiet
     try:
-        async with scratch_database() as url, lab() as running:
+        async with scratchdb.scratch("zlh_bench") as url, lab() as running:
             made = await replicas.prepare_database(running, url)
             values: dict[str, Any] = {"database_url": url, "port": replicas.free_port(), **overrides}
             settings = lab_settings.applied(running.settings, config.Settings(), **values)

@@ -41,7 +41,6 @@ import aiohttp
 
 from bench import rig
 from bench.common import machine, p99, percentile
-from zlh_actors import config
 
 TARGET_P99 = 0.250
 DELETE_TIMEOUT = 300.0
@@ -240,12 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="concurrent creates (default 1000)")
     parser.add_argument("--keys", type=int, default=100, help="idempotency keys among them (default 100)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--pool-size",
-        type=int,
-        default=config.Settings.db_pool_size,
-        help=f"the replica's database pool (default {config.Settings.db_pool_size}, the service's)",
-    )
+    rig.add_pool_size(parser)
     args = parser.parse_args(argv)
     if args.client:
         print(json.dumps(asyncio.run(client(json.load(sys.stdin)))))

@@ -57,10 +57,8 @@ import datetime
 import ipaddress
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,7 +68,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench import _cpu, _deployment
+from bench import _cpu, _deployment, common
 from bench.common import machine, p99
 from storage import agents, database, servers
 from zlh_actors import config
@@ -365,8 +363,8 @@ async def measure(args: argparse.Namespace, directory: Path) -> Run:
         "ZLH_LOG_LEVEL": args.log_level,
     }
     async with (
-        _deployment.fresh_database(None if args.shared_database else directory / "pg") as url,
-        world.Lab(directory / "lab", subnet=_deployment.subnet()) as lab,
+        _deployment.fresh_database(args, directory) as url,
+        world.Lab(directory / "lab", subnet=common.lab_subnet()) as lab,
     ):
         tokens = await lab_replicas.prepare_database(lab, url)
         pool = await database.create_pool(url, max_size=SEED_CONNECTIONS)
@@ -554,12 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="WARNING", help="the replica's ZLH_LOG_LEVEL (default WARNING)"
     )
-    parser.add_argument(
-        "--shared-database",
-        action="store_true",
-        help="use the tests' PostgreSQL, not a server of the run's own",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the replica's log and the lab directory")
+    _deployment.add_options(parser, kept="the replica's log")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     print(
@@ -567,15 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"echo {args.echo_rate:g}/s, one replica, {args.connections} client connections at most",
         flush=True,
     )
-    directory = Path(tempfile.mkdtemp(prefix="zlh-bench-stream-"))
-    passed = False
-    try:
-        passed = report(args, asyncio.run(measure(args, directory)))
-    finally:
-        if args.keep or not passed:
-            print(f"logs: {directory}")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+    passed = _deployment.in_directory(
+        "stream", args.keep, lambda directory: report(args, asyncio.run(measure(args, directory)))
+    )
     return 0 if passed else 1
 
 

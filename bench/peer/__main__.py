@@ -14,18 +14,17 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
-import random
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from bench import common
 from bench.common import machine
 from bench.peer import infra, observe, ours, peer, report, scenario
 from storage import database
-from zlh_actors.lab import invariants, world
+from zlh_actors.lab import invariants, scratchdb, world
 
 QUIESCE_TIMEOUT = 90.0
 # Seconds the records must stay unchanged before the end state is read: longer than a frozen worker's
@@ -74,8 +73,7 @@ def _scenario(args: argparse.Namespace) -> scenario.Scenario:
 
 
 def _lab(directory: Path, args: argparse.Namespace) -> world.Lab:
-    subnet = f"127.{random.randint(21, 250)}.0.0/16"  # a /16 of its own, as the test labs take
-    return world.Lab(directory, time_scale=args.time_scale, warmup=args.warmup, subnet=subnet)
+    return world.Lab(directory, time_scale=args.time_scale, warmup=args.warmup, subnet=common.lab_subnet())
 
 
 class Measured(scenario.System, Protocol):
@@ -113,7 +111,7 @@ async def run_ours(args: argparse.Namespace, admin: str, work: Path) -> report.R
     logs.mkdir()
     async with (
         _lab(work / "ours-lab", args) as lab,
-        infra.fresh_database(admin, "ours", migrated=True) as url,
+        scratchdb.database_on(admin, "zlh_bench_ours") as url,
     ):
         pool = await database.create_pool(url, max_size=4)
         system = ours.Ours(lab, url, pool, logs, args.processes)
@@ -136,7 +134,7 @@ async def run_peer(args: argparse.Namespace, admin: str, redis_url: str, work: P
     )
     async with (
         _lab(work / "peer-lab", args) as lab,
-        infra.fresh_database(admin, "peer", migrated=False) as url,
+        scratchdb.database_on(admin, "zlh_bench_peer", migrated=False) as url,
     ):
         pool = await database.create_pool(url, max_size=4)
         system = peer.Peer(lab, url, pool, redis_url, logs, args.processes, options)
@@ -177,7 +175,7 @@ async def main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="zlh-bench-peer-"))
     results: list[report.Result] = []
     try:
-        async with infra.postgres(os.environ.get("DATABASE_URL")) as admin:
+        async with scratchdb.server() as admin:
             if args.only in (None, "ours"):
                 results.append(await run_ours(args, admin, work))
             if args.only in (None, "peer"):

@@ -29,7 +29,7 @@ import asyncpg
 from bullmq import Queue
 
 from bench.peer import infra, jobs, observe, records, worker
-from zlh_actors.lab import invariants, world
+from zlh_actors.lab import invariants, replicas, world
 
 QUEUE = "provision"
 KEEP_FINISHED = {"age": 24 * 3600}
@@ -114,7 +114,7 @@ class Peer:
         ]  # fmt: skip
         return subprocess.Popen(
             [sys.executable, "-m", "bench.peer.worker", *args],
-            cwd=infra.ROOT,
+            cwd=replicas.ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

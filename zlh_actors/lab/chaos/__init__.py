@@ -12,5 +12,7 @@ or in-process `await driver.run(driver.Options(seed=S, ...))`, which returns a `
 - `scenario`: one task per planned server, playing its script;
 - `faults`: the fault injector;
 - `quiesce`: waiting until the system has finished its work;
-- `scratchdb`: the run's own database; `tally` and `summary`: the counts and the report.
+- `tally` and `summary`: the counts and the report.
+
+The run's own database comes from `zlh_actors.lab.scratchdb`, which the benchmarks share.
 """

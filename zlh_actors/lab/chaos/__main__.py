@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ def parse(argv: Sequence[str]) -> driver.Options:
         minutes=args.minutes,
         tenants=args.tenants,
         directory=args.dir,
-        database_url=args.database_url or os.environ.get("DATABASE_URL"),
+        database_url=args.database_url,
         keep=args.keep,
         settle_timeout=args.settle_timeout,
     )

@@ -2,9 +2,9 @@
 
 The phases, each timed in the summary:
 
-1. **setup**: a fresh database (`scratchdb`), a lab of its own on a random loopback /16, tokens for
-   the plan's tenants and an admin, the replicas as real processes (`fleet`), one stream reader per
-   tenant (`streams`);
+1. **setup**: a fresh database (`zlh_actors.lab.scratchdb`), a lab of its own on a random loopback
+   /16, tokens for the plan's tenants and an admin, the replicas as real processes (`fleet`), one
+   stream reader per tenant (`streams`);
 2. **chaos**: for the plan's minutes, the scenario plays every server's script while the injector
    fires the planned faults;
 3. **heal**: the faults end (every replica up, fakepve cleared); no server is created any more, and
@@ -35,8 +35,8 @@ import aiohttp
 import asyncpg
 
 from storage import database
-from zlh_actors.lab import invariants, replicas, world
-from zlh_actors.lab.chaos import client, faults, fleet, plan, quiesce, scenario, scratchdb, streams, summary
+from zlh_actors.lab import invariants, replicas, scratchdb, world
+from zlh_actors.lab.chaos import client, faults, fleet, plan, quiesce, scenario, streams, summary
 from zlh_actors.lab.chaos import tally as tally_module
 
 CHAOS_ENV = {
@@ -95,7 +95,7 @@ async def run(options: Options, say: Callable[[str], None] = print) -> summary.S
         f"{len(chosen.faults)} faults over {chosen.seconds:g}s; in {directory}")  # fmt: skip
     say(f"chaos: reproduce with: {options.command()}")
     async with (
-        scratchdb.scratch(options.database_url, options.seed, keep=options.keep) as url,
+        scratchdb.scratch(f"zlh_chaos_{options.seed}", options.database_url, keep=options.keep) as url,
         world.Lab(
             directory / "lab", time_scale=options.time_scale, warmup=options.warmup, subnet=_subnet()
         ) as lab,
