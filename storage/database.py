@@ -140,7 +140,7 @@ async def acquire(pool: asyncpg.Pool) -> AsyncIterator[Conn]:
     try:
         async with pool.acquire() as conn:
             yield conn
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise translate(exc) from exc
 
 
