@@ -20,23 +20,10 @@ import pytest
 
 from storage import database, migrate
 from zlh_actors import localdb
+from zlh_actors.lab import scratchdb
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-
-
-async def _answers(url: str) -> bool:
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (TimeoutError, OSError, asyncpg.PostgresError):
-        return False
-    await conn.close()
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +31,7 @@ def admin_url() -> Iterator[str]:
     """A URL of the test server, on a database we may create databases from."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
-    elif asyncio.run(_answers(DEV_SERVER_URL)):
+    elif asyncio.run(scratchdb.answers(DEV_SERVER_URL)):
         yield DEV_SERVER_URL
     else:
         local = localdb.ensure_running(ROOT / ".zlh" / "test-pg")
@@ -59,7 +46,7 @@ async def _create_template(admin: str, name: str) -> None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    conn = await database.connect(with_database(admin, name))
+    conn = await database.connect(scratchdb.with_database(admin, name))
     try:
         await migrate.migrate(conn)
     finally:
@@ -92,7 +79,7 @@ async def create_database(admin: str, template: str | None = None) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"{clause}')
     finally:
         await conn.close()
-    return with_database(admin, name)
+    return scratchdb.with_database(admin, name)
 
 
 @pytest.fixture
