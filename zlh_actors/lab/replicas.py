@@ -117,12 +117,16 @@ class ReplicaProcess:
         return self.proc.returncode
 
     async def close(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
+        """SIGTERM (after SIGCONT, in case it is frozen), SIGKILL after 30 s or if cancelled meanwhile."""
+        try:
+            if self.proc.poll() is None:
+                self.signal(signal.SIGCONT)
+                self.signal(signal.SIGTERM)
                 await self.wait_exit(30)
-            except RuntimeError:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        except (RuntimeError, asyncio.CancelledError) as exc:
+            self.proc.kill()
+            self.proc.wait()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._log.close()
