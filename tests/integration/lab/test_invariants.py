@@ -447,3 +447,86 @@ async def test_every_violation_planted_at_once_is_reported(world: World) -> None
         assert needle in table, table
     # Each planted violation, plus the ones it implies: the replay names alpha's server (1 and 7).
     assert len(report.violations) >= 8, table
+
+
+async def test_an_untagged_clone_is_allowed_only_while_its_server_needs_no_container(world: World) -> None:
+    """Tags follow the clone in a second request: a server that failed in between keeps a clone with
+    its owner line and no tags (docs/invariants.md, invariant 3); a running server may not."""
+    failed = await seed(
+        world.pool,
+        world.cluster,
+        world.log,
+        tenant="alpha",
+        name="half",
+        path=[("create", "create"), ("fail", None)],
+        vmid=10003,
+        port=25568,
+    )
+    assert failed.state == "failed.provisioning"
+    config = {"description": marks.description(marks.Marks(failed.id, 1), "half")}
+    await world.cluster.call(functools.partial(world.cluster.pve.add_ct, failed.vmid, "half", config=config))
+    report = await world.check()
+    assert report.ok, report.table()
+    assert report.checked[2] == 3, report.table()
+
+    ct = await world.ct(world.running.vmid)
+    await world.cluster.call(lambda: ct.config.pop("tags"))
+    report = await world.check()
+    assert [violation.detail for violation in report.violations] == [
+        f"container 10000 on pve1: owned by server {world.running.id} but lacks the zlh tag"
+    ], report.table()
+
+
+async def test_a_replay_refused_under_an_answered_key_is_reported(world: World) -> None:
+    key = world.running.key or ""
+    problem = {"type": "about:blank", "title": "Conflict", "status": 409}
+    world.log.created("alpha", key, 409, problem)
+    world.log.created("alpha", key, 422, {**problem, "status": 422})
+    world.log.created("alpha", key, 429, {**problem, "status": 429})  # shed: the client may retry
+    world.log.created("alpha", key, 503, None)  # the service could not answer: allowed
+    world.log.created("alpha", key, None, None)  # no answer at all: allowed
+    world.log.created("alpha", "refused-first", 422, problem)  # a key without a stored answer
+    report = await world.check()
+    assert [violation.detail for violation in report.violations] == [
+        f"key {key!r} of tenant alpha: 2 replays refused (409, 422), though its first answer is 202"
+    ], report.table()
+
+
+async def test_a_done_repair_applied_twice_back_to_back_is_reported(world: World) -> None:
+    """A `done` drift command's result keeps only the state: its events are recomputed from its payload."""
+
+    async def drift(server: Seeded, observed: str) -> uuid.UUID:
+        payload = {
+            "kind": "power",
+            "reason": f"the container is {observed}",
+            "observed": {"proxmox": observed},
+            "state": server.state,
+            "version": 1,
+            "generation": 1,
+        }
+        command_id = uuid.uuid4()
+        await world.pool.execute(
+            "INSERT INTO commands (id, server_id, kind, status, payload, result) "
+            "VALUES ($1, $2, 'drift', 'done', $3, $4)",
+            command_id,
+            server.id,
+            payload,
+            {"state": "starting"},
+        )
+        return command_id
+
+    once = await drift(world.stopped, "running")  # stopped, yet running: `start`
+    await move(world.pool, world.stopped, "start", once)
+    twice = await drift(world.running, "stopped")  # running, yet stopped: `stopped`, `start`
+    await move(world.pool, world.running, "stopped", twice)
+    await move(world.pool, world.running, "start", twice)
+    await move(world.pool, world.running, "stopped", twice, target="stopped")
+    await move(world.pool, world.running, "start", twice)
+    report = await world.check()
+    assert numbers(report) == {5, 6}, report.table()
+    assert [violation.detail for violation in report.of(6)] == [
+        f"command {twice} (drift, done) of server {world.running.id} should repair its power drift in "
+        "running with ['stopped'] or ['stopped', 'start'], the journal has "
+        "['stopped', 'start', 'stopped', 'start']"
+    ], report.table()
+    assert f"server {world.running.id}: seq 11 (starting -stopped-> stopped)" in details(report, 5)

@@ -161,6 +161,27 @@ def test_commands_whose_journal_entries_do_not_match_are_reported() -> None:
     assert len(found) == 4
 
 
+def test_a_done_repair_is_held_to_the_repair_its_payload_calls_for() -> None:
+    """A `done` drift's result keeps only the state; its payload (here as text, as a bare pool hands it
+    out) and the state its first entry starts in say which events it may have left."""
+    once, twice = uuid.UUID(int=1), uuid.UUID(int=2)
+    payload = '{"kind": "agent", "observed": {"agent": "crashed", "game_running": false}}'
+    steps = [
+        model.Entry(A, 9, "running", "crashed", "crashed", once),
+        model.Entry(B, 9, "running", "crashed", "crashed", twice),
+        model.Entry(B, 10, "crashed", "crashed", "crashed", twice),
+    ]
+    commands = (
+        model.Command(once, A, "drift", "done", '{"state": "crashed"}', payload),
+        model.Command(twice, B, "drift", "done", {"state": "crashed"}, payload),
+    )
+    found = violations(model.Database(journal=tuple(steps), commands=commands), 6)
+    assert found == [
+        f"command {twice} (drift, done) of server {B} should repair its agent drift in running with "
+        "['crashed'], the journal has ['crashed', 'crashed']"
+    ]
+
+
 def test_stored_answers_decode_from_text() -> None:
     """A pool without the service's jsonb codec hands `response_body` out as text."""
     a = server(A, "requested")
@@ -204,7 +225,7 @@ def test_check_containers_for_a_peer_without_vmids() -> None:
     # retry adopts and tags it, its delete destroys it by its owner line.
     clean = [
         container(500, live, 2),
-        container(501, spare, tagged=False, tags=None),
+        container(501, spare, tagged=False, tags=""),  # tags cleared: untagged, as good as none
         container(502, None, tagged=False),
     ]
     assert invariants.check_containers(records[:2] + records[3:4], clean) == []

@@ -5,7 +5,8 @@
    no two keys name one server; every server is named by exactly one key (a server no key names
    was created twice, or outside the keyed path); no key is left claimed without an answer (claim
    and answer commit together). From the log: every 2xx answer under one key is the stored first
-   answer, status and body, so every one of them names the same server.
+   answer, status and body, so every one of them names the same server; and no replay under a key
+   with a stored 2xx answer was refused with a 4xx other than 429 (a 5xx or no answer is allowed).
    Assumes no key expired during the run (`ZLH_IDEMPOTENCY_TTL`): an expired key may legitimately
    create a second server.
 7. Every server a tenant saw (in an answer, a list, an event, the stream; and every server a create
@@ -15,16 +16,9 @@
 from __future__ import annotations
 
 import collections
-import json
 import uuid
-from typing import Any
 
 from zlh_actors.lab.invariants import model
-
-
-def _json(value: Any) -> Any:
-    """jsonb as a Python value (the service's pool decodes it; a bare asyncpg pool hands out text)."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def check_keys(database: model.Database, log: model.ClientLog | None) -> list[model.Violation]:
@@ -39,7 +33,7 @@ def check_keys(database: model.Database, log: model.ClientLog | None) -> list[mo
             continue
         if not 200 <= key.response_status < 300:
             continue
-        answered = _json(key.response_body)
+        answered = model.decoded(key.response_body)
         stored_id = answered.get("id") if isinstance(answered, dict) else None
         if key.server_id is None or str(key.server_id) != stored_id:
             found.append(f"{name} names server {key.server_id}, its stored answer {stored_id}")
@@ -64,6 +58,7 @@ def check_keys(database: model.Database, log: model.ClientLog | None) -> list[mo
             )
     if log is not None:
         found.extend(_replays(keys, log))
+        found.extend(_refused_replays(keys, log))
     return [model.Violation(1, detail) for detail in found]
 
 
@@ -82,7 +77,7 @@ def _replays(keys: dict[tuple[str, str], model.Key], log: model.ClientLog) -> li
         if record is None:
             found.append(f"{name} was answered with server {ids[0]}, but the database has no such key")
             continue
-        first = _json(record.response_body)
+        first = model.decoded(record.response_body)
         differing = [a for a in got if (a.status, dict(a.body or {})) != (record.response_status, first)]
         if differing:
             fields = sorted(
@@ -97,6 +92,29 @@ def _replays(keys: dict[tuple[str, str], model.Key], log: model.ClientLog) -> li
                 f"{name}: {len(differing)} of {len(got)} answers differ from the first answer "
                 f"(fields {', '.join(fields) or 'none'}; status {record.response_status})"
             )
+    return found
+
+
+def _refused_replays(keys: dict[tuple[str, str], model.Key], log: model.ClientLog) -> list[str]:
+    """Replays refused with a 4xx (409, 422, ...) under a key whose stored first answer is a 2xx.
+
+    A replay of an answered key must get that answer back; a refusal means the service lost or
+    misread the record. 429 (shed before the key was looked at), 5xx and no answer (the service
+    could not answer) are allowed: the client may retry.
+    """
+    refused: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    for answer in log.answers:
+        if answer.status is not None and 400 <= answer.status < 500 and answer.status != 429:
+            refused[answer.tenant, answer.key].append(answer.status)
+    found = []
+    for (tenant, key), statuses in sorted(refused.items()):
+        record = keys.get((tenant, key))
+        if record is None or record.response_status is None or not 200 <= record.response_status < 300:
+            continue
+        found.append(
+            f"key {key!r} of tenant {tenant}: {len(statuses)} replays refused "
+            f"({', '.join(map(str, sorted(statuses)))}), though its first answer is {record.response_status}"
+        )
     return found
 
 

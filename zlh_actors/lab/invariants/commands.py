@@ -8,7 +8,8 @@ command must have left, by kind (zlh_actors/servers/actor.py):
   entry, of its event;
 - an agent `report`: none (a report that is only news) or one (`crashed`, `stopped`);
 - a reconciler `drift`: at least one (the repair's events), all consecutive; while it is still
-  `accepted`, exactly the events its result lists;
+  `accepted`, exactly the events its result lists; once `done` (its result then holds only the
+  state), one of the repairs `repairs.events` gives for its payload from the state it started in;
 - a rejected command: none. A command still `queued` once the system is quiescent was never applied:
   that is a violation too (the API answered 202 for it).
 
@@ -21,7 +22,7 @@ import collections
 import uuid
 
 from zlh_actors.lab.invariants import model
-from zlh_actors.reconciler import repairs
+from zlh_actors.reconciler import drift, repairs
 from zlh_actors.servers import actor
 
 REPORT_KIND = "report"
@@ -77,12 +78,43 @@ def _effect(command: model.Command, entries: list[model.Entry]) -> list[str]:
         elif events and events[0] not in {event for event, _ in actor.REPORT_EVENTS.values()}:
             problems.append(f"recorded {events[0]}, which no agent report leads to")
     elif command.kind == repairs.COMMAND_KIND:
-        if not entries:
-            problems.append("has no effect in the journal")
-        listed = command.result.get("events") if isinstance(command.result, dict) else None
-        if command.status == "accepted" and isinstance(listed, list) and events != listed:
-            problems.append(f"lists the repair {listed}, the journal has {events}")
+        problems.extend(_repair(command, entries))
     return problems
+
+
+def _repair(command: model.Command, entries: list[model.Entry]) -> list[str]:
+    """A drift command's entries against the repair it stands for.
+
+    Its result lists the events applied while it is `accepted`. Once `done` the result holds only the
+    state (`actor._finish_commands` overwrites it), so the repair is recomputed instead: the events
+    `repairs.events` gives for the payload's kind and observation from the state the first entry
+    starts in, for either desired state (the journal does not keep it). A repair applied twice back
+    to back is consecutive, and only this comparison catches it.
+    """
+    if not entries:
+        return ["has no effect in the journal"]
+    events = [entry.event for entry in entries]
+    result = model.decoded(command.result)
+    listed = result.get("events") if isinstance(result, dict) else None
+    if isinstance(listed, list):
+        return [] if events == listed else [f"lists the repair {listed}, the journal has {events}"]
+    payload = model.decoded(command.payload)
+    start = entries[0].from_state
+    if not isinstance(payload, dict) or start is None:
+        return []
+    observed = payload.get("observed")
+    kind = str(payload.get("kind"))
+    possible = sorted(
+        {
+            tuple(repairs.events(kind, start, desired, observed if isinstance(observed, dict) else {}))
+            for desired in (drift.RUNNING, drift.STOPPED)
+        }
+        - {()}
+    )
+    if tuple(events) in possible:
+        return []
+    which = " or ".join(str(list(repair)) for repair in possible) or "nothing"
+    return [f"should repair its {kind} drift in {start} with {which}, the journal has {events}"]
 
 
 def _answered(database: model.Database, log: model.ClientLog) -> list[model.Violation]:

@@ -92,10 +92,11 @@ def _claims(guests: list[model.Container], by_id: dict[uuid.UUID, model.Record])
             )
         if record.vmid is not None and guest.vmid != record.vmid:
             violation(f"claims server {server_id}, which the database places at VMID {record.vmid}")
-        if not guest.tagged and record.needs_container:
+        if not guest.tagged:
             # Tags follow the clone in a second request; a server that failed in between needs no
             # container, and its retry tags (or its delete destroys) the clone by its owner line.
-            violation(f"owned by server {server_id} but lacks the zlh tag")
+            if record.needs_container:
+                violation(f"owned by server {server_id} but lacks the zlh tag")
         elif guest.tags is not None and marks.from_tags(guest.tags) != guest.marks:
             violation(
                 f"its tags {guest.tags!r} disagree with its owner line ({marks.owner_line(guest.marks)})"

@@ -7,6 +7,7 @@ snapshot by hand (where the schema itself refuses the plant) as easily as by wri
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -119,8 +120,9 @@ class Container:
     Attributes:
         marks: parsed from the description's owner line (None: no owner line, or an unreadable one).
         tagged: it carries our `zlh` tag.
-        tags: PVE's raw tag string, when it was read; None means "not observed" and skips the check
-            that the tags name the owner line's server and generation.
+        tags: PVE's raw tag string; None when the guest has no tags (or a caller did not read them).
+            A guest without the `zlh` tag is held only to the tag rule of invariant 3, never to
+            the check that its id and generation tags agree with its owner line.
     """
 
     vmid: int
@@ -190,13 +192,21 @@ class Entry:
     command_id: uuid.UUID | None
 
 
+def decoded(value: Any) -> Any:
+    """jsonb as a Python value (the service's pool decodes it; a bare asyncpg pool hands out text)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
+    """A command's row; `payload` and `result` are jsonb, decoded or not (see `decoded`)."""
+
     id: uuid.UUID
     server_id: uuid.UUID
     kind: str
     status: str
     result: Any
+    payload: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ SERVERS = """
 SELECT id, tenant, name, state, generation, node, vmid, host(ip) AS ip, game_port FROM servers
 """
 JOURNAL = "SELECT server_id, seq, from_state, to_state, event, command_id FROM journal"
-COMMANDS = "SELECT id, server_id, kind, status, result FROM commands"
+COMMANDS = "SELECT id, server_id, kind, status, result, payload FROM commands"
 KEYS = "SELECT tenant, key, server_id, response_status, response_body FROM idempotency_keys"
 ALLOCATIONS = """
 SELECT 'vmid' AS kind, vmid::text AS resource, server_id, status FROM vmid_allocations
@@ -42,6 +42,11 @@ async def read_database(pool: asyncpg.Pool) -> model.Database:
         )
 
 
+def _tags(value: object) -> str | None:
+    """The raw tag string; None for a guest without tags, so it reads as untagged, not as tags ''."""
+    return None if value is None else str(value)
+
+
 async def read_containers(cluster: lab_cluster.Cluster) -> list[model.Container]:
     """Every non-template guest of the lab's fake Proxmox, read from fakepve's own state (ground truth)."""
 
@@ -53,7 +58,7 @@ async def read_containers(cluster: lab_cluster.Cluster) -> list[model.Container]
                 status=str(ct.status),
                 marks=marks.from_description(ct.config.get("description")),
                 tagged=marks.carries_tag(ct.config.get("tags")),
-                tags=str(ct.config.get("tags") or ""),
+                tags=_tags(ct.config.get("tags")),
             )
             for ct in cluster.pve.cts
             if not ct.template
