@@ -3,7 +3,9 @@
 Two replicas as real processes, 40 servers over 45 seconds of faults of every kind, then
 quiescence and the invariant checker: the run must end with no violation, every server settled and
 every tenant's stream exact. A driver that did nothing would pass that trivially, so the test also
-asserts that every kind of fault was injected and every kind of operation was sent, and answered.
+asserts that every kind of fault was injected and every kind of operation was sent, and answered,
+and that the system saw the faults, not only the injector's tally: the reconciler reported the
+containers destroyed and stopped behind its back, and shards changed hands.
 """
 
 from __future__ import annotations
@@ -77,3 +79,10 @@ async def test_a_small_chaos_run_ends_clean_after_every_kind_of_fault(admin_url:
     assert result.final_states.get("running", 0) > 0, table
     assert result.final_states.get("deleted", 0) > 0, table
     assert sum(events for _, events, _ in result.streams) > 0, table
+    # The faults reached the system: containers destroyed and stopped behind its back were reported
+    # as drift, and each replica killed lost its shards to the other (or, holding none, took some
+    # back once restarted), so lease epochs went up past the first acquisition's.
+    assert result.drift.get("missing", 0) > 0, table
+    assert result.drift.get("power", 0) > 0, table
+    assert result.handovers >= result.counts.injected("replica.kill") > 0, table
+    assert max(result.epochs[1].values()) > 1, table

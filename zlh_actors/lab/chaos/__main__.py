@@ -2,7 +2,9 @@
 
 Prints the seed and the command that replays it first, progress while it runs, then the summary
 table; exits 0 when no invariant was violated and everything settled, 1 otherwise (2 for bad
-arguments). See docs/chaos.md.
+arguments). A run that cannot go on (a replica that never starts, a database it cannot reach, an
+error in the run itself) is one line `chaos: <what>` on stderr and status 1, Ctrl-C status 130: the
+person running it wants the cause, not the harness's traceback. See docs/chaos.md.
 """
 
 from __future__ import annotations
@@ -58,9 +60,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # fakepve runs in this process: each connection its flaky network drops on purpose is a traceback.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    result = asyncio.run(driver.run(options, say=lambda line: print(line, flush=True)))
+    try:
+        result = asyncio.run(driver.run(options, say=lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        print("chaos: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # any failure of the run is reported as one line
+        print(f"chaos: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(result.table(), flush=True)
     return 0 if result.ok else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ async def _run(
         for reader in readers:
             reader.start(http)
         seconds["setup"] = time.monotonic() - mark
+        epochs_before = await _epochs(pool)
         say(f"chaos: replicas ready on {', '.join(deployment.urls)}; chaos for {chosen.seconds:g}s")
 
         mark = time.monotonic()
@@ -183,6 +184,7 @@ async def _run(
             final_states=await _final_states(pool),
             deletes=await _deletes(pool),
             drift=await _drift(pool),
+            epochs=(epochs_before, await _epochs(pool)),
             crashed=list(deployment.crashes),
             log_errors=_log_errors(deployment),
             seconds=seconds,
@@ -219,6 +221,12 @@ async def _deletes(pool: asyncpg.Pool) -> dict[str, int]:
         "SELECT from_state, count(*) AS n FROM journal WHERE event = 'delete' GROUP BY from_state"
     )
     return {row["from_state"]: row["n"] for row in rows}
+
+
+async def _epochs(pool: asyncpg.Pool) -> dict[int, int]:
+    """Each shard's lease epoch: it goes up by one each time the shard changes hands."""
+    rows = await pool.fetch("SELECT shard, epoch FROM shard_leases ORDER BY shard")
+    return {row["shard"]: row["epoch"] for row in rows}
 
 
 async def _drift(pool: asyncpg.Pool) -> dict[str, int]:

@@ -6,7 +6,9 @@
 - `db.lease`: `pg_terminate_backend` of a replica's lease connection (`zlh-lease:<id>`);
   `db.listener`: the same for the inbox's (`zlh-listen:`) or the stream hub's (`zlh-stream:`)
   LISTEN connection. The replica reconnects by itself.
-- `pve.task_error`: fakepve fails the next 1-3 matching requests with one of PVE's own errors.
+- `pve.task_error`: fakepve fails the next 1-3 matching requests with one of PVE's own errors;
+  counted as injected once the first has been failed (the rule's budget went down), as skipped if
+  no matching request came before the heal.
 - `pve.lock`: a config lock held on the template (every clone waits) or on a running container,
   released after `duration`.
 - `pve.flaky`: fakepve drops (connection reset) or hangs a share of its requests for `duration`.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -43,6 +45,7 @@ T = TypeVar("T")
 WHOLE_WAIT = 20.0
 TARGET_WAIT = 10.0  # a fault that needs a running container waits this long for one to exist
 POLL = 0.1
+FIRED_POLL = 0.25  # how often an armed fakepve error is looked at, until it has failed a request
 LAB_ATTEMPTS = 3  # an operator's `pct stop` that met an injected fault is tried again
 HANG_SECS = 50  # PVE seconds a hung request waits (1 s at the run's time scale)
 SESSIONS = """
@@ -195,8 +198,29 @@ class Injector:
     async def _task_error(self, fault: plan.Fault) -> None:
         method, suffix, error = plan.TASK_ERRORS[fault.params["rule"]]
         times = fault.params["times"]
-        await self._lab.cluster.call(lambda: self._lab.pve.fail(method, suffix, error=error, times=times))
-        self._done(fault, f"{method} {suffix} -> {error} x{times}")
+        pve = self._lab.pve
+
+        def arm() -> dict[str, Any]:
+            pve.fail(method, suffix, error=error, times=times)
+            rule: dict[str, Any] = pve.failures[method, suffix]
+            return rule  # fakepve counts its `times` down as it fails requests
+
+        rule = await self._lab.cluster.call(arm)
+        what = f"{method} {suffix} -> {error} x{times}"
+        try:
+            while True:  # fakepve has no event to wait on: its count is looked at now and then
+                if await self._lab.cluster.call(lambda: rule["times"]) != times:
+                    break
+                await asyncio.sleep(FIRED_POLL)
+        except asyncio.CancelledError:
+            # Cancelled by the heal, with no time left to ask the fake's loop: a plain read of an int
+            # it may be counting down. Unfired, the rule was never met (or a later one replaced it).
+            if rule["times"] != times:
+                self._done(fault, what)
+            else:
+                self._counts.fault(fault.kind, tally.SKIPPED, f"{what}: no matching request came")
+            raise
+        self._done(fault, what)
 
     async def _lock(self, fault: plan.Fault) -> None:
         if fault.params["on"] == "template":

@@ -11,9 +11,9 @@ port before the new incarnation binds it, and its `/readyz` must not pass for ou
 
 A replica that exits on its own (a crash, or a refusal to start) is restarted the same way, as
 `Restart=always` would, and recorded with the last line of its log: the summary lists every such
-exit, and a run with one fails. Every process the fleet started is ended by `close()` (SIGCONT,
-SIGTERM, SIGKILL as a last resort), whatever state a fault left it in; each incarnation logs to its
-own file, `r<slot>.<n>.log`.
+exit, and a run with one fails; so does a restart that never succeeds (its exception is recorded
+too). Every process the fleet started is ended by `close()` (SIGCONT, SIGTERM, SIGKILL as a last
+resort), whatever state a fault left it in; each incarnation logs to its own file, `r<slot>.<n>.log`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,13 @@ class Fleet:
                     slot.status = Status.DOWN
                     task = asyncio.create_task(self.restart(slot.index), name=f"chaos:restart-r{slot.index}")
                     self._restarts.add(task)
-                    task.add_done_callback(self._restarts.discard)
+                    task.add_done_callback(self._restart_done)
+
+    def _restart_done(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished restart; one that failed is a crash of the run, recorded like the others."""
+        self._restarts.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.crashes.append(f"{task.get_name()} failed: {type(exc).__name__}: {exc}")
 
     async def _ready(self, process: replicas.ReplicaProcess) -> None:
         """Until the process serves and has registered itself; RuntimeError if it exits or times out."""

@@ -14,6 +14,12 @@ The system is quiescent when, at the same time:
    once; orphans are reported until their grace period (a few seconds in a chaos run) has passed
    and they are destroyed.
 
+A clean pass only counts if (1) and (2) still hold when it has answered: an agent report, a late
+retry or a repair may land while the pass runs, and a check made before the pass would miss it.
+And it takes `CLEAN_ROUNDS` such rounds in a row, `RECONCILE_EVERY` apart, so that a repair one
+pass set off (or a request a client was still retrying) has time to show before the run is called
+quiescent.
+
 Past the deadline the servers that never came to rest are listed, with what each was doing, and
 the run fails: a server that never settles is as much a finding as a broken invariant.
 """
@@ -33,6 +39,7 @@ from zlh_actors.servers import actor
 
 POLL = 0.5
 RECONCILE_EVERY = 2.0  # seconds between passes asked for, while everything else rests
+CLEAN_ROUNDS = 2  # consecutive clean rounds (a pass, then still nothing unsettled) that mean quiescent
 WAITING = ("lost", "crashed")  # rest by decision while the desired state is not `running`
 UNSETTLED = """
 SELECT s.id, s.tenant, s.name, s.state, s.desired_state, s.last_error,
@@ -69,16 +76,18 @@ async def settle(api: client.Api, pool: asyncpg.Pool, timeout: float) -> Settlem
     found = Settlement()
     started = time.monotonic()
     last_pass = 0.0
-    route = 0
+    clean = 0  # clean rounds in a row
     while True:
-        rows = await pool.fetch(UNSETTLED, sorted(actor.REST_STATES), list(WAITING))
-        found.unsettled = [_describe(row) for row in rows]
-        if not rows and time.monotonic() - last_pass >= RECONCILE_EVERY:
+        if await _unsettled(pool, found):
+            clean = 0
+        elif time.monotonic() - last_pass >= RECONCILE_EVERY:
             last_pass = time.monotonic()
             found.passes += 1
-            route += 1
-            found.problem = await _clean_pass(api, pool, route, found.drift)
-            if found.problem is None:
+            found.problem = await _clean_pass(api, pool, found.passes, found.drift)
+            if found.problem is None and await _unsettled(pool, found):
+                found.problem = f"{len(found.unsettled)} server(s) busy again after a clean pass"
+            clean = 0 if found.problem is not None else clean + 1
+            if clean >= CLEAN_ROUNDS:
                 found.settled = True
                 break
         if time.monotonic() - started > timeout:
@@ -86,6 +95,13 @@ async def settle(api: client.Api, pool: asyncpg.Pool, timeout: float) -> Settlem
         await asyncio.sleep(POLL)
     found.seconds = time.monotonic() - started
     return found
+
+
+async def _unsettled(pool: asyncpg.Pool, found: Settlement) -> bool:
+    """Whether any server is busy or has a command pending now; `found.unsettled` lists them."""
+    rows = await pool.fetch(UNSETTLED, sorted(actor.REST_STATES), list(WAITING))
+    found.unsettled = [_describe(row) for row in rows]
+    return bool(rows)
 
 
 async def _clean_pass(

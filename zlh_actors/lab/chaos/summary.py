@@ -41,6 +41,7 @@ class Summary:
     final_states: Mapping[str, int]
     deletes: Mapping[str, int]  # the state each accepted delete found the server in
     drift: Mapping[str, int]  # drift reports of every reconciliation pass, by kind
+    epochs: tuple[Mapping[int, int], Mapping[int, int]]  # shard -> epoch: when the chaos began, at the end
     crashed: list[str]  # replicas that exited without a fault, or did not start
     log_errors: Mapping[str, int]  # ERROR lines per replica log
     seconds: Mapping[str, float]  # wall time by phase
@@ -55,6 +56,12 @@ class Summary:
             and not self.stream_findings
             and not self.crashed
         )
+
+    @property
+    def handovers(self) -> int:
+        """Times a shard changed hands (a takeover, an eviction, a rebalance) since the chaos began."""
+        before, after = self.epochs
+        return sum(epoch - before.get(shard, 0) for shard, epoch in after.items())
 
     def table(self) -> str:
         lines = [
@@ -71,6 +78,8 @@ class Summary:
             "deletes accepted in: " + _counts(self.deletes),
             "final states: " + _counts(self.final_states),
             "drift the reconciler reported (all passes): " + (_counts(self.drift) or "none"),
+            f"shard leases: {self.handovers} changes of hands since the chaos began; epochs now: "
+            + ", ".join(f"{shard}:{epoch}" for shard, epoch in sorted(self.epochs[1].items())),
             *self._settling(),
             "streams: "
             + "; ".join(f"{tenant} {events} events, {n} connections" for tenant, events, n in self.streams)
