@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import replica_memory
+from bench import common, replica_memory
 from bench.common import machine, p99, rss_bytes
 from statemachines import chart, lifecycle
 from zlh_actors.runtime import actors
@@ -351,4 +351,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.entry("bench.actors", main))

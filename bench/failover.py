@@ -69,7 +69,7 @@ import aiohttp
 import asyncpg
 
 from bench import _cpu, _deployment, _holder, common
-from bench.common import machine, p99
+from bench.common import figures, header, machine, ms, p99, ratio
 from storage import database
 from zlh_actors.lab import replicas as lab_replicas
 from zlh_actors.lab import world
@@ -476,25 +476,12 @@ async def check(pool: asyncpg.Pool, load: Load) -> Check:
 # --- the report -------------------------------------------------------------------------------
 
 
-def ms(value: float) -> str:
-    return f"{value * 1000:9.1f} ms"
-
-
-def figures(label: str, values: Sequence[float]) -> str:
-    return f"  {label:46}{ms(statistics.median(values))}{ms(p99(values))}{ms(max(values))}"
-
-
-def ratio(label: str, top: Sequence[float], bottom: Sequence[float]) -> str:
-    median = statistics.median(top) / statistics.median(bottom)
-    return f"  {label:46}{median:11.2f}x{p99(top) / p99(bottom):11.2f}x"
-
-
 def report_takeover(args: argparse.Namespace, kills: list[Kill]) -> list[float]:
     floor = [kill.floor for kill in kills]
     takeover = [kill.takeover for kill in kills]
     bound = [args.heartbeat + kill.floor for kill in kills]
     print(f"\ntakeover after kill -9, {len(kills)} kills ({args.replicas} replicas, {args.shards} shards)")
-    print(f"  {'':46}{'median':>12}{'p99':>12}{'max':>12}")
+    print(header())
     print(figures("floor: bare lock holder killed -> lock free", floor))
     print(figures("victim's lease session gone (pg_stat_activity)", [kill.session_gone for kill in kills]))
     print(figures("kill -> first orphaned shard owned", [kill.noticed for kill in kills]))
@@ -541,7 +528,7 @@ def report_commands(kills: list[Kill], load: Load, result: Check) -> bool:
     late = [sent.latency for sent in during if sent.status is not None]
     steady = [sent.latency for sent in load.sent if sent.status is not None and not sent.during_takeover]
     if late and steady:
-        print(f"  {'HTTP answer latency':46}{'median':>12}{'p99':>12}{'max':>12}")
+        print(header("HTTP answer latency"))
         print(figures("  commands sent during a takeover", late))
         print(figures("  the others", steady))
     print(f"  commands in the database (agent reports included): {result.commands}")
@@ -651,4 +638,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.entry("bench.failover", main))

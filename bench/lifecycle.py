@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import rig
+from bench import common, rig
 from bench.common import machine, p99, percentile
 from storage import database
 
@@ -366,4 +366,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.entry("bench.lifecycle", main))

@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import rig
+from bench import common, rig
 from bench.common import machine, p99, percentile
 
 TARGET_P99 = 0.250
@@ -250,4 +250,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.entry("bench.storm", main))

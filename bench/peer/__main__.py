@@ -117,7 +117,7 @@ async def run_ours(args: argparse.Namespace, admin: str, work: Path) -> report.R
         system = ours.Ours(lab, url, pool, logs, args.processes)
         try:
             await system.start()
-            return await _measure(system, lab, args, "ours", "zlh-actors")
+            return await _measure(system, lab, args, "ours", report.OURS)
         finally:
             await system.close()
             await pool.close()
@@ -140,7 +140,7 @@ async def run_peer(args: argparse.Namespace, admin: str, redis_url: str, work: P
         system = peer.Peer(lab, url, pool, redis_url, logs, args.processes, options)
         try:
             await system.start()
-            result = await _measure(system, lab, args, "peer", "BullMQ peer")
+            result = await _measure(system, lab, args, "peer", report.PEER)
             stats = await system.job_stats()
         finally:
             await system.close()
@@ -194,7 +194,7 @@ async def main(args: argparse.Namespace) -> int:
         print("\n".join(report.details(result)))
         print(result.report.table())
         print()
-    mine = [result for result in results if result.label == "zlh-actors"]
+    mine = [result for result in results if result.label == report.OURS]
     if mine and not mine[0].clean:
         print("zlh-actors did not run clean: see above")
         return 1
@@ -202,4 +202,5 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse(sys.argv[1:]))))
+    arguments = parse(sys.argv[1:])
+    sys.exit(common.entry("bench.peer", lambda: asyncio.run(main(arguments))))

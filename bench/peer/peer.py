@@ -128,21 +128,24 @@ class Peer:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
-        for process in self.workers:
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.terminate()
-        for process in self.workers:
-            try:
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                await asyncio.to_thread(process.wait)
-        for out in self._files:
-            out.close()
-        if self.queue is not None:
-            await self.queue.close()
-        await infra.delete_prefix(self.redis_url, self.prefix)
+        """Stop the workers and the queue; the run's Redis keys are deleted whatever fails on the way."""
+        try:
+            for process in self.workers:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGCONT)
+                    process.terminate()
+            for process in self.workers:
+                try:
+                    await asyncio.to_thread(process.wait, 30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    await asyncio.to_thread(process.wait)
+            for out in self._files:
+                out.close()
+            if self.queue is not None:
+                await self.queue.close()
+        finally:
+            await infra.delete_prefix(self.redis_url, self.prefix)
 
     # --- the clients' side --------------------------------------------------------------------------
 

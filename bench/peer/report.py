@@ -11,6 +11,8 @@ from bench.peer import observe, scenario
 from zlh_actors.lab import invariants
 
 DETAILS_SHOWN = 6
+OURS = "zlh-actors"
+PEER = "BullMQ peer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +44,20 @@ def _complete(result: Result) -> int:
     return sum(flow.complete for flow in result.run.flows)
 
 
-def _quantiles(result: Result) -> str:
-    samples = [latency for flow in result.run.flows if (latency := flow.create_latency) is not None]
-    if not samples:
-        return "-"
-    return f"{percentile(samples, 0.5):.2f} s / {percentile(samples, 0.99):.2f} s"
+def _latency(fraction: float) -> Callable[[Result], float | None]:
+    def value(result: Result) -> float | None:
+        samples = [latency for flow in result.run.flows if (latency := flow.create_latency) is not None]
+        return percentile(samples, fraction) if samples else None
+
+    return value
 
 
-def _sent(result: Result) -> str:
-    flows = result.run.flows
-    return f"{sum(flow.creates_sent for flow in flows)} / {sum(flow.deletes_sent for flow in flows)}"
+def _seconds(value: Callable[[Result], float | None]) -> Callable[[Result], object]:
+    def show(result: Result) -> object:
+        seconds = value(result)
+        return "-" if seconds is None else f"{seconds:.2f} s"
+
+    return show
 
 
 def _faults(result: Result) -> str:
@@ -66,33 +72,85 @@ def _violations(number: int) -> Callable[[Result], object]:
     return count
 
 
-METRICS: list[tuple[str, Callable[[Result], object]]] = [
-    ("servers through create -> running -> delete", lambda r: f"{_complete(r)}/{len(r.run.flows)}"),
-    ("throughput (complete flows per second)", lambda r: f"{r.run.throughput:.3f}"),
-    ("wall time, until every client was done or gave up", lambda r: f"{r.run.elapsed:.1f} s"),
-    ("create -> running, p50 / p99", _quantiles),
-    ("creates sent (retries included) / deletes sent", _sent),
-    ("faults injected (kill -9 / SIGSTOP)", _faults),
-    ("servers with two containers at once", lambda r: len(r.seen.duplicates)),
-    ("VMIDs held by two live records at once", lambda r: len(r.seen.shared_vmids)),
-    ("running servers whose container vanished", lambda r: len(r.seen.lost)),
-    ("leaked containers at the end", lambda r: len(r.end.leaked)),
-    ("records without their container at the end", lambda r: len(r.end.without_container)),
-    ("live records left at the end", lambda r: r.end.live_records),
-    ("servers the client saw deleted, live again at the end", lambda r: len(r.end.resurrected)),
-    ("quiescent at the end", lambda r: "yes" if r.settled else "no"),
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One row: how each system's cell reads, and the figure compared as ours / peer, if any."""
+
+    label: str
+    show: Callable[[Result], object]
+    value: Callable[[Result], float | None] | None = None
+
+
+def _wall(result: Result) -> float:
+    return result.run.wall_throughput
+
+
+def _last_complete(result: Result) -> float:
+    return result.run.throughput
+
+
+def _elapsed(result: Result) -> float:
+    return result.run.elapsed
+
+
+METRICS: list[Metric] = [
+    Metric("servers through create -> running -> delete", lambda r: f"{_complete(r)}/{len(r.run.flows)}"),
+    Metric("throughput: complete flows per second of wall time", lambda r: f"{_wall(r):.3f}", _wall),
+    Metric(
+        "  the same, until the last complete flow (stuck clients left out)",
+        lambda r: f"{_last_complete(r):.3f}",
+        _last_complete,
+    ),
+    Metric("wall time, until every client was done or gave up", lambda r: f"{_elapsed(r):.1f} s", _elapsed),
+    Metric("create -> running, p50", _seconds(_latency(0.5)), _latency(0.5)),
+    Metric("create -> running, p99", _seconds(_latency(0.99)), _latency(0.99)),
+    Metric("creates sent (retries included)", lambda r: sum(flow.creates_sent for flow in r.run.flows)),
+    Metric("deletes sent (retries included)", lambda r: sum(flow.deletes_sent for flow in r.run.flows)),
+    Metric(
+        "clients that never saw their server running",
+        lambda r: sum(f.running_at is None for f in r.run.flows),
+    ),
+    Metric(
+        "clients that never saw their server deleted",
+        lambda r: sum(f.deleted_at is None for f in r.run.flows),
+    ),
+    Metric("faults injected (kill -9 / SIGSTOP)", _faults),
+    Metric("servers with two containers at once", lambda r: len(r.seen.duplicates)),
+    Metric("VMIDs held by two live records at once", lambda r: len(r.seen.shared_vmids)),
+    Metric("running servers whose container vanished", lambda r: len(r.seen.lost)),
+    Metric("leaked containers at the end", lambda r: len(r.end.leaked)),
+    Metric("records without their container at the end", lambda r: len(r.end.without_container)),
+    Metric("live records left at the end", lambda r: r.end.live_records),
+    Metric("servers the client saw deleted, live again at the end", lambda r: len(r.end.resurrected)),
+    Metric("quiescent at the end", lambda r: "yes" if r.settled else "no"),
     *(
-        (f"violations of invariant {number} ({name})", _violations(number))
+        Metric(f"violations of invariant {number} ({name})", _violations(number))
         for number, name in invariants.model.NAMES.items()
     ),
-    ("samples taken", lambda r: r.seen.samples),
+    Metric("samples taken", lambda r: r.seen.samples),
 ]
 
 
+def _ratio(metric: Metric, ours: Result, peer: Result) -> str:
+    """ours / peer for a compared figure: above 1 is more throughput, or a longer wait, for ours."""
+    if metric.value is None:
+        return ""
+    top, bottom = metric.value(ours), metric.value(peer)
+    return "-" if top is None or not bottom else f"{top / bottom:.2f}x"
+
+
 def rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
-    table: list[tuple[str, ...]] = [("", *(result.label for result in results))]
-    for label, metric in METRICS:
-        table.append((label, *(str(metric(result)) for result in results)))
+    """The side-by-side table; with both systems, a last column of ours / peer for the compared figures."""
+    by_label = {result.label: result for result in results}
+    pair = (by_label[OURS], by_label[PEER]) if OURS in by_label and PEER in by_label else None
+    table: list[tuple[str, ...]] = [
+        ("", *(result.label for result in results), *(("ours / peer",) if pair else ()))
+    ]
+    for metric in METRICS:
+        cells = [str(metric.show(result)) for result in results]
+        if pair:
+            cells.append(_ratio(metric, *pair))
+        table.append((metric.label, *cells))
     return table
 
 
