@@ -139,6 +139,29 @@ class Control:
         )
         return [row["kind"] for row in rows]
 
+    async def settled_report_seq(self, server_id: str, timeout: float = 30.0) -> int:
+        """Wait until the agent reported ready and no command is pending; the last report's seq.
+
+        From then on nothing else writes for the server, so a test may post the next report itself.
+        """
+        key = uuid.UUID(server_id)
+        query = (
+            "SELECT state, seq, (SELECT count(*) FROM commands WHERE server_id = $1 "
+            "AND status IN ('queued', 'accepted')) AS pending FROM agent_reports WHERE server_id = $1"
+        )
+        rows: list[asyncpg.Record] = []
+
+        async def settled() -> bool:
+            row = await self.pool.fetchrow(query, key)
+            rows[:] = [] if row is None else [row]
+            return row is not None and row["state"] == "ready" and row["pending"] == 0
+
+        await helpers.assert_eventually(
+            settled, timeout=timeout, interval=0.05, message=f"{server_id} never settled: {rows}"
+        )
+        seq: int = rows[0]["seq"]
+        return seq
+
     async def journal_states(self, server_id: str) -> list[str]:
         rows = await self.pool.fetch(
             "SELECT to_state FROM journal WHERE server_id = $1 ORDER BY seq", uuid.UUID(server_id)

@@ -23,7 +23,6 @@ import asyncio
 import json
 import re
 import urllib.parse
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,19 +77,7 @@ async def crash_with_markup(control: harness.Control, server_id: str, who: str) 
     """The server's own agent (its real token) reports a crash whose detail is `MARKUP`."""
     server = await control.wait_state(server_id, "running", who=who)
     enrollment = json.loads((control.lab.agents()[server["vmid"]].state_dir / "enrollment.json").read_text())
-    key = uuid.UUID(server_id)
-
-    async def settled() -> bool:
-        """The agent reported ready and every command is done: the next seq is the test's."""
-        row = await control.pool.fetchrow(
-            "SELECT state, seq, (SELECT count(*) FROM commands WHERE server_id = $1 "
-            "AND status IN ('queued', 'accepted')) AS pending FROM agent_reports WHERE server_id = $1",
-            key,
-        )
-        return row is not None and row["state"] == "ready" and row["pending"] == 0
-
-    await helpers.assert_eventually(settled, timeout=30, interval=0.05, message="the server never settled")
-    seq = await control.pool.fetchval("SELECT seq FROM agent_reports WHERE server_id = $1", key)
+    seq = await control.settled_report_seq(server_id)
     report = {
         "generation": enrollment["generation"],
         "seq": seq + 1,

@@ -30,7 +30,6 @@ import asyncpg
 import pytest
 import schemathesis
 
-from tests import helpers
 from tests.e2e import harness
 from zlh_actors import config
 from zlh_actors.api import app as api_app
@@ -302,17 +301,7 @@ async def test_bad_queries_and_agent_reports_are_4xx_problems_and_change_nothing
     enrollment = json.loads((agent.state_dir / "enrollment.json").read_text())
     server_id = uuid.UUID(server["id"])
 
-    async def settled() -> bool:
-        """The agent reported ready and every command is done: nothing else writes meanwhile."""
-        row = await control.pool.fetchrow(
-            "SELECT state, (SELECT count(*) FROM commands WHERE server_id = $1 "
-            "AND status IN ('queued', 'accepted')) AS pending FROM agent_reports WHERE server_id = $1",
-            server_id,
-        )
-        return row is not None and row["state"] == "ready" and row["pending"] == 0
-
-    await helpers.assert_eventually(settled, timeout=30, interval=0.05, message="the server never settled")
-    seq = await control.pool.fetchval("SELECT seq FROM agent_reports WHERE server_id = $1", server_id)
+    seq = await control.settled_report_seq(server["id"])
     queries = [
         ("a limit that is not a number", "/v1/servers?limit=1e3"),
         ("a limit out of range", "/v1/servers?limit=0"),
