@@ -64,31 +64,12 @@ def in_directory(kind: str, keep: bool, run: Callable[[Path], bool]) -> bool:
     return passed
 
 
-class Replica:
+class Replica(replicas.Replica):
     """One `server.py` process, with the id it registered under."""
 
     def __init__(self, name: str, process: replicas.ReplicaProcess, replica_id: uuid.UUID) -> None:
-        self.name = name
-        self.process = process
+        super().__init__(name, process)
         self.id = replica_id
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def pid(self) -> int:
-        return self.process.proc.pid
-
-    def alive(self) -> bool:
-        return self.process.proc.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            text = self.process.log_path.read_text(errors="replace")
-        except OSError as exc:
-            text = f"<no log: {exc}>"
-        return f"--- {self.name} (pid {self.pid}) log tail ---\n{text[-chars:]}"
 
 
 class Deployment:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -167,28 +166,13 @@ class LeaseSampler:
         assert self.violations == [], "\n".join(self.violations[:20])
 
 
-class Replica:
-    """One `server.py` process of the deployment."""
+class Replica(replicas.Replica):
+    """One `server.py` process of the deployment, with its id once registered and its metrics."""
 
     def __init__(self, name: str, process: replicas.ReplicaProcess) -> None:
-        self.name = name
-        self.process = process
+        super().__init__(name, process)
         self.id: uuid.UUID | None = None
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-
-    @property
-    def url(self) -> str:
-        return self.process.url
-
-    @property
-    def pid(self) -> int:
-        return self.process.proc.pid
-
-    def alive(self) -> bool:
-        return self.process.proc.poll() is None
-
-    def signal(self, signum: signal.Signals) -> None:
-        self.process.signal(signum)
 
     def stopped_by_signal(self) -> bool:
         """The process is in state T (stopped), as after SIGSTOP."""
@@ -196,16 +180,6 @@ class Replica:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
             return stat.rpartition(")")[2].split()[0] == "T"
         return False
-
-    def log(self) -> str:
-        return self.process.log_path.read_text(errors="replace")
-
-    def tail(self, chars: int = 4000) -> str:
-        try:
-            text = self.log()
-        except OSError as exc:
-            text = f"<no log: {exc}>"
-        return f"--- {self.name} (pid {self.pid}, port {self.process.port}) log tail ---\n{text[-chars:]}"
 
     async def metrics(self) -> dict[str, float]:
         """The replica's unlabelled samples, by name."""

@@ -130,3 +130,36 @@ class ReplicaProcess:
                 raise
         finally:
             self._log.close()
+
+
+class Replica:
+    """A replica process under a name, for the people reading a run's output and logs."""
+
+    def __init__(self, name: str, process: ReplicaProcess) -> None:
+        self.name = name
+        self.process = process
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def pid(self) -> int:
+        return self.process.proc.pid
+
+    def alive(self) -> bool:
+        return self.process.proc.poll() is None
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.signal(signum)
+
+    def log(self) -> str:
+        return self.process.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 4000) -> str:
+        """The end of its log, headed with its name, pid and port."""
+        try:
+            text = self.log()
+        except OSError as exc:
+            text = f"<no log: {exc}>"
+        return f"--- {self.name} (pid {self.pid}, port {self.process.port}) log tail ---\n{text[-chars:]}"
