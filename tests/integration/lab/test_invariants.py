@@ -530,3 +530,23 @@ async def test_a_done_repair_applied_twice_back_to_back_is_reported(world: World
         "['stopped', 'start', 'stopped', 'start']"
     ], report.table()
     assert f"server {world.running.id}: seq 11 (starting -stopped-> stopped)" in details(report, 5)
+
+
+async def test_a_container_on_another_node_or_in_the_wrong_power_state_is_reported(world: World) -> None:
+    """The container is where its server needs it, but Proxmox has it on another node, or stopped
+    under a running server and running under a stopped one: the database and Proxmox disagree."""
+    running, stopped = await world.ct(world.running.vmid), await world.ct(world.stopped.vmid)
+
+    def plant() -> None:
+        running.status = "stopped"
+        stopped.status = "running"
+        stopped.node = "pve2"
+
+    await world.cluster.call(plant)
+    report = await world.check()
+    assert numbers(report) == {3}, report.table()
+    assert [violation.detail for violation in report.of(3)] == [
+        f"container 10000 on pve1: is stopped, and its server {world.running.id} is running",
+        f"container 10001 on pve2: claims server {world.stopped.id}, which the database places on pve1",
+        f"container 10001 on pve2: is running, and its server {world.stopped.id} is stopped",
+    ]

@@ -5,6 +5,7 @@ the checker's tests, which live with the lab's."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from zlh_actors.lab import invariants
@@ -248,6 +249,28 @@ def test_check_containers_for_a_peer_without_vmids() -> None:
     assert (3, f"container 506 on pve1: owned by server {bare} but lacks the zlh tag") in text
     assert (3, f"server {gone} needs its container of generation 1, and Proxmox has none") in text
     assert len(found) == 6
+
+
+def test_node_and_power_are_checked_only_where_the_record_names_them() -> None:
+    """A record with a node and a power state holds its container to both; a peer's record (None)
+    to neither; a container of another generation is reported for that alone."""
+    owner = marks.Marks(A, 1)
+    guest = invariants.Container(
+        vmid=10, node="pve2", status="stopped", marks=owner, tagged=True, tags=marks.format_tags(owner)
+    )
+    placed = invariants.Record(A, 1, live=True, needs_container=True, vmid=10, node="pve1", power="running")
+    assert [found.detail for found in invariants.check_containers([placed], [guest])] == [
+        f"container 10 on pve2: claims server {A}, which the database places on pve1",
+        f"container 10 on pve2: is stopped, and its server {A} is running",
+    ]
+    assert invariants.check_containers([invariants.Record(A, 1, live=True, needs_container=True)], [guest]) == []
+    newer = dataclasses.replace(placed, generation=2)
+    assert [found.detail for found in invariants.check_containers([newer], [guest])] == [
+        f"container 10 on pve2: is generation 1 of server {A}, now at generation 2",
+        f"server {A} needs its container of generation 2 at VMID 10, and Proxmox has none",
+    ]
+    assert server(A, "running").power == "running" and server(A, "stopped").power == "stopped"
+    assert server(A, "starting").power is None
 
 
 def test_the_report_table_counts_and_shows_the_first_details() -> None:

@@ -5,7 +5,9 @@
    notion) has one at its VMID, marked with its id and generation (the owner line in the
    description, and the tags); a deleted server has none; every container that claims to be ours
    (the `zlh` tag, or an owner line) is accounted for: a known live server, of that generation, at
-   that VMID, with tags that agree with the owner line.
+   that VMID, with tags that agree with the owner line. A container that is where its server needs it
+   is also on the server's node, and, for a server at rest in `running` or `stopped`, in that power
+   state (the reconciler's `power` drift, left unrepaired).
 
 A live server whose state does not need a container (requested, cloning, `failed.provisioning`,
 `lost`, the deleting steps) may have one or not, but if it does the container must carry the
@@ -92,6 +94,11 @@ def _claims(guests: list[model.Container], by_id: dict[uuid.UUID, model.Record])
             )
         if record.vmid is not None and guest.vmid != record.vmid:
             violation(f"claims server {server_id}, which the database places at VMID {record.vmid}")
+        elif generation == record.generation:
+            if record.node is not None and guest.node != record.node:
+                violation(f"claims server {server_id}, which the database places on {record.node}")
+            if record.power is not None and guest.status != record.power:
+                violation(f"is {guest.status}, and its server {server_id} is {record.power}")
         if not guest.tagged:
             # Tags follow the clone in a second request; a server that failed in between needs no
             # container, and its retry tags (or its delete destroys) the clone by its owner line.

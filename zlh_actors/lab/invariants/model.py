@@ -142,7 +142,8 @@ class Container:
 class Record:
     """A server as some control plane's database records it (ours, or a peer's).
 
-    `vmid`, when known, is where the database places its container (None: not checked).
+    `vmid` and `node`, when known, are where the database places its container, and `power` the
+    state the container must be in at rest ("running" or "stopped"); None: not checked.
     """
 
     server_id: uuid.UUID
@@ -150,6 +151,8 @@ class Record:
     live: bool  # not deleted
     needs_container: bool  # its state says a container must exist
     vmid: int | None = None
+    node: str | None = None
+    power: str | None = None
 
 
 # --- the database, as read in one snapshot ------------------------------------------------------
@@ -176,8 +179,16 @@ class Server:
         """Its state says its container exists: the reconciler's own notion (`drift.EXPECTS_CONTAINER`)."""
         return self.state in drift.EXPECTS_CONTAINER
 
+    @property
+    def power(self) -> str | None:
+        """The container's power state its server's state calls for at rest: the reconciler's `power`
+        drift (`running` and `stopped` only; every other state is a step that looks for itself)."""
+        return self.state if self.state in (drift.RUNNING, drift.STOPPED) else None
+
     def record(self) -> Record:
-        return Record(self.id, self.generation, self.live, self.needs_container, self.vmid)
+        return Record(
+            self.id, self.generation, self.live, self.needs_container, self.vmid, self.node, self.power
+        )
 
 
 @dataclasses.dataclass(frozen=True)
