@@ -14,8 +14,9 @@
 - `pve.flaky`: fakepve drops (connection reset) or hangs a share of its requests for `duration`.
 - `pve.node_offline`: a node answers 595 for `duration` (a partition: its containers keep running).
 - `agent.kill`: SIGKILL of a container's agent (its game dies with it); the lab restarts it.
-- `container.destroy`, `container.stop`: `pct destroy --force --purge` or `pct stop` of a running
-  container behind the control plane's back; the reconciler is to notice and repair.
+- `container.destroy`, `container.stop`: `pct destroy --force --purge` of a running container, or
+  `pct stop` of the container of a server at rest in `running`, behind the control plane's back;
+  the reconciler is to notice and repair.
 
 Replica faults wait (a few seconds at most) for every replica to be up before they strike, so
 the deployment always keeps one replica serving: the run tests failover, not a total outage.
@@ -278,6 +279,14 @@ class Injector:
         )
         return sorted(vmid for vmid, ct in guests.items() if ct.status == "running" and ct.node in online)
 
+    async def _serving(self) -> list[int]:
+        """Running containers whose servers the database has at rest in `running`: stopping one is the
+        power drift the reconciler must repair. (A container stopped mid-provisioning only fails its
+        step, which is the task-error faults' ground, and never shows as power drift.)"""
+        running = set(await self._running())
+        rows = await self._pool.fetch("SELECT vmid FROM servers WHERE state = 'running' AND vmid IS NOT NULL")
+        return sorted(running & {row["vmid"] for row in rows})
+
     async def _agent_kill(self, fault: plan.Fault) -> None:
         async def agents() -> list[int]:
             return sorted(self._lab.agents())
@@ -287,10 +296,13 @@ class Injector:
         self._done(fault, f"CT {vmid} (pid {pid})")
 
     async def _container(self, fault: plan.Fault) -> None:
-        act = self._lab.destroy_container if fault.kind == "container.destroy" else self._lab.stop_container
+        if fault.kind == "container.destroy":
+            act, candidates, what = self._lab.destroy_container, self._running, "running container"
+        else:
+            act, candidates, what = self._lab.stop_container, self._serving, "container of a running server"
         for attempt in range(LAB_ATTEMPTS):
             # Picked again each time: the last one may be gone (deleted, or stopped by now).
-            vmid = await self._target(self._running, fault.pick, "running container")
+            vmid = await self._target(candidates, fault.pick, what)
             try:
                 await act(vmid)
                 break
