@@ -263,13 +263,15 @@ def test_node_and_power_are_checked_only_where_the_record_names_them() -> None:
         f"container 10 on pve2: claims server {A}, which the database places on pve1",
         f"container 10 on pve2: is stopped, and its server {A} is running",
     ]
-    assert invariants.check_containers([invariants.Record(A, 1, live=True, needs_container=True)], [guest]) == []
+    unplaced = invariants.Record(A, 1, live=True, needs_container=True)
+    assert invariants.check_containers([unplaced], [guest]) == []
     newer = dataclasses.replace(placed, generation=2)
     assert [found.detail for found in invariants.check_containers([newer], [guest])] == [
         f"container 10 on pve2: is generation 1 of server {A}, now at generation 2",
         f"server {A} needs its container of generation 2 at VMID 10, and Proxmox has none",
     ]
-    assert server(A, "running").power == "running" and server(A, "stopped").power == "stopped"
+    assert server(A, "running").power == "running"
+    assert server(A, "stopped").power == "stopped"
     assert server(A, "starting").power is None
 
 
