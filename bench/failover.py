@@ -214,20 +214,27 @@ class Load:
         count = 0
         for row in await self._idle(shards):
             if row["state"] == "running":
-                self._launch("stop", str(row["id"]), via)
-                count += 1
+                count += self._launch("stop", str(row["id"]), via)
             elif await self._startable(row):
-                self._launch("start", str(row["id"]), via)
-                count += 1
+                count += self._launch("start", str(row["id"]), via)
         return count
 
-    def _launch(self, kind: str, server_id: str | None, via: Sequence[_deployment.Replica] = ()) -> None:
-        # Marked busy now, not when the task first runs: the next tick must not pick the same server.
+    def _launch(self, kind: str, server_id: str | None, via: Sequence[_deployment.Replica] = ()) -> bool:
+        """Send a command in a task of its own; False if the server already has one on its way.
+
+        The load and a kill's burst choose servers concurrently, and each awaits between its choice
+        and this call: without the check both could send a start to one stopped server, and the
+        second would be rightly rejected (409) as the server is then starting.
+        """
         key = server_id or f"new:{uuid.uuid4()}"
+        if key in self._busy:
+            return False
+        # Marked busy now, not when the task first runs: the next tick must not pick the same server.
         self._busy.add(key)
         task = asyncio.create_task(self._send(kind, key, via), name=f"failover:{kind}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _send(self, kind: str, key: str, via: Sequence[_deployment.Replica] = ()) -> None:
         """Send one command; `key` is the server id, or the idempotency key of a create."""

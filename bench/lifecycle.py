@@ -14,7 +14,9 @@ first `request` entry included). Create -> running latency two ways: from the jo
 the `running` entry minus that of the first entry; `at` is the writing transaction's start) and as
 the client saw it (POST sent -> `running` event received). Where the time goes: the median time
 spent in each state, from consecutive journal entries, and CPU use of this process (replica, lab,
-client), of its children (agents and games) and of the whole machine.
+client), of its children (agents and games) and of the whole machine. The control plane's own cost
+per transition: the database transactions committed in the scratch database (only the replica talks
+to it) and the CPU its PostgreSQL backends used (`/proc`, when the server runs on this machine).
 
 The baseline, in the same run, before and after the lifecycles: the PostgreSQL single-row durable
 commit rate at the same concurrency, i.e. `--concurrency` connections each committing one-row
@@ -43,7 +45,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import common, rig
+from bench import _cpu, common, rig
 from bench.common import machine, p99, percentile
 from storage import database
 
@@ -230,6 +232,21 @@ async def journal_figures(stand: rig.Stand) -> dict[str, Any]:
     }
 
 
+async def backend_cpu(stand: rig.Stand) -> dict[int, float] | None:
+    """CPU seconds so far of each PostgreSQL backend connected to the scratch database: the control
+    plane's own database work (the client and the lab use none). None when the server's processes
+    are not visible here (another machine, another PID namespace)."""
+    async with stand.pool.acquire() as conn:
+        pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    used: dict[int, float] = {}
+    for row in pids:
+        try:
+            used[row["pid"]] = _cpu.cpu_seconds(row["pid"])
+        except OSError:
+            return None
+    return used
+
+
 def busy_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as stat:
@@ -273,6 +290,16 @@ def report(
     print(
         f"  database transactions in the run   {commits_made:9,}  ({commits_made / transitions:.1f} per "
         "transition; pg_stat_database.xact_commit, read-only ones included)"
+    )
+    database_cpu = cpu.get("database")
+    print(
+        f"  the control plane per transition   {commits_made / transitions:9.1f} transactions, "
+        + (
+            "PostgreSQL CPU not visible from here"
+            if database_cpu is None
+            else f"{database_cpu / transitions * 1000:.2f} ms of PostgreSQL CPU (its backends: "
+            f"{database_cpu:.1f} CPU-s)"
+        )
     )
     print("\ncreate -> running latency       p50          p99          max")
     for label, samples in (
@@ -326,9 +353,11 @@ async def run(args: argparse.Namespace) -> bool:
         rates = [await commit_rate(stand.url, args.concurrency, args.baseline_seconds)]
         print(f"  baseline before: {rates[0]:.1f} durable commits/s", flush=True)
         commits_before = await database_commits(stand)
+        backends_before = await backend_cpu(stand)
         times, jiffies = os.times(), busy_jiffies()
         done, wall = await drive(stand, args.servers, args.concurrency)
         after_times, after_jiffies = os.times(), busy_jiffies()
+        backends_after = await backend_cpu(stand)
         await asyncio.sleep(STATS_FLUSH)
         commits = await database_commits(stand) - commits_before
         rates.append(await commit_rate(stand.url, args.concurrency, args.baseline_seconds))
@@ -339,7 +368,7 @@ async def run(args: argparse.Namespace) -> bool:
         await stand.print_health()
     ticks = os.sysconf("SC_CLK_TCK")
     busy, total = after_jiffies[0] - jiffies[0], after_jiffies[1] - jiffies[1]
-    cpu = {
+    cpu: dict[str, float] = {
         "self": after_times.user + after_times.system - times.user - times.system,
         "children": after_times.children_user
         + after_times.children_system
@@ -348,6 +377,9 @@ async def run(args: argparse.Namespace) -> bool:
         "machine": busy / total if total else 0.0,
         "machine_seconds": busy / ticks,
     }
+    if backends_before is not None and backends_after is not None:
+        # A backend that ended during the run is missed; the replica's pool keeps its connections.
+        cpu["database"] = sum(used - backends_before.get(pid, 0.0) for pid, used in backends_after.items())
     return report(args.servers, done, wall, journal, rates, cpu, commits)
 
 

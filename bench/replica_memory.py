@@ -46,7 +46,7 @@ from bench.common import rss_bytes
 from storage import database, queries
 from zlh_actors import config
 from zlh_actors.lab import replicas, scratchdb, world
-from zlh_actors.servers import actor, requests
+from zlh_actors.servers import requests
 
 TARGET_BYTES = 1 << 30
 SWEEP_WAIT = 11.0  # two sweeps of the replica (`servers.replica.build`'s sweep_interval is 5 s)
@@ -119,7 +119,6 @@ async def sweep_seconds(url: str) -> float:
                 "servers_needing_attention",
                 shard_count,
                 list(range(shard_count)),
-                sorted(actor.REST_STATES),
             )
             times.append(time.perf_counter() - start)
     finally:

@@ -4,7 +4,8 @@ Each server generation gets its own callback token (only its SHA-256 is kept); a
 agent cannot use an old token, and deleting a server revokes them all. The newest accepted report of
 each agent is kept: a report is accepted only if it is newer (a higher generation, or the same
 generation with a higher sequence number), so a replayed or reordered report never overwrites a
-newer one.
+newer one. An accepted report becomes a `report` command for the server's actor in the same
+statement, so the two commit together and a callback costs one write.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import dataclasses
 import datetime
 import secrets
 import uuid
+from typing import Any
 
-from storage import database, queries, tokens
+from storage import commands, database, queries, tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,7 @@ class AgentToken:
     token_hash: bytes
     issued_at: datetime.datetime
     revoked_at: datetime.datetime | None
+    server_generation: int  # the server's current generation, read with the token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +48,8 @@ async def issue_token(conn: database.Conn, server_id: uuid.UUID, generation: int
 
 
 async def find_token(conn: database.Conn, secret: str) -> AgentToken | None:
-    record = await queries.fetchrow(conn, "find_agent_token", tokens.digest(secret))
+    """The live token with this secret, with its server's current generation."""
+    record = await queries.fetchrow(conn, "find_agent_callback_token", tokens.digest(secret))
     return None if record is None else database.row(AgentToken, record)
 
 
@@ -62,12 +66,24 @@ async def record_report(
     state: str,
     manifest_sha256: str | None,
     detail: str | None,
-) -> Report | None:
-    """Keep the report if it is the newest; None when it is stale (replayed or reordered)."""
+    command_id: uuid.UUID,
+    payload: dict[str, Any],
+) -> commands.Command | None:
+    """Keep the report if it is the newest and enqueue it as the `report` command `command_id`
+    (with `payload`), atomically; None when it is stale (replayed or reordered): nothing written."""
     record = await queries.fetchrow(
-        conn, "record_agent_report", server_id, generation, seq, state, manifest_sha256, detail
+        conn,
+        "record_agent_report_command",
+        server_id,
+        generation,
+        seq,
+        state,
+        manifest_sha256,
+        detail,
+        command_id,
+        payload,
     )
-    return None if record is None else database.row(Report, record)
+    return None if record is None else database.row(commands.Command, record)
 
 
 async def latest_report(conn: database.Conn, server_id: uuid.UUID) -> Report | None:

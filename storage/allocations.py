@@ -3,7 +3,8 @@
 A resource has at most one live allocation at a time (unique partial indexes on every status but
 'released'), and a server holds at most one reserved or in-use allocation of each kind. Allocation
 happens only through this module, under the allocation lock (`lock`): in the transaction that records
-the server, and when a server needs new ones (its VMID turned out to be a stranger's, or it is
+the server (or a batch of servers: the `allocate_*s` forms give each what the one-server forms would,
+in order), and when a server needs new ones (its VMID turned out to be a stranger's, or it is
 re-provisioned as a new generation). Should two transactions still pick the same free id, they
 collide on the index and the loser gets a typed `Conflict`.
 
@@ -17,11 +18,17 @@ import dataclasses
 import datetime
 import ipaddress
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import asyncpg
 
 from storage import database, queries
 from zlh_actors import errors
 
 LIVE = ("reserved", "in_use")
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +141,57 @@ async def allocate_port(
     if port is None:
         raise errors.CapacityExhausted("no free game port on the node", node=node, low=low, high=high)
     return await reserve_port(conn, node, port, server_id)
+
+
+async def allocate_vmids(
+    conn: database.Conn, server_ids: list[uuid.UUID], low: int, high: int
+) -> list[VmidAllocation]:
+    """Reserve the lowest free VMIDs in [low, high], one per server in order (call under `lock`).
+
+    The same VMIDs as `allocate_vmid` once per server, in one statement; all or nothing
+    (`CapacityExhausted` when the range has too few)."""
+    rows = await queries.fetch(conn, "reserve_free_vmids", low, high, server_ids)
+    if len(rows) < len(server_ids):
+        raise errors.CapacityExhausted("no free VMID in the configured range", low=low, high=high)
+    return _in_order(VmidAllocation, rows, server_ids)
+
+
+async def allocate_ips(
+    conn: database.Conn,
+    server_ids: list[uuid.UUID],
+    network: ipaddress.IPv4Network,
+    exclude: list[ipaddress.IPv4Address],
+) -> list[IpAllocation]:
+    """Reserve the lowest free host addresses of `network`, one per server in order (as `allocate_ip`)."""
+    first = network.network_address + 1
+    candidates = max(network.num_addresses - 2, 1)
+    rows = await queries.fetch(conn, "reserve_free_ips", first, candidates, exclude, server_ids)
+    if len(rows) < len(server_ids):
+        raise errors.CapacityExhausted("no free IP address in the configured subnet", subnet=str(network))
+    return _in_order(IpAllocation, rows, server_ids)
+
+
+async def allocate_ports(
+    conn: database.Conn, server_ids: list[uuid.UUID], nodes: list[str], low: int, high: int
+) -> list[PortAllocation]:
+    """Reserve the lowest free game ports in [low, high], one per server on its node (as
+    `allocate_port`); one statement per node. `CapacityExhausted` when a node has too few, after
+    which the caller must roll back: the nodes before it have their reservations."""
+    by_node: dict[str, list[uuid.UUID]] = {}
+    for server_id, node in zip(server_ids, nodes, strict=True):
+        by_node.setdefault(node, []).append(server_id)
+    rows: list[asyncpg.Record] = []
+    for node, holders in by_node.items():
+        reserved = await queries.fetch(conn, "reserve_free_ports", node, low, high, holders)
+        if len(reserved) < len(holders):
+            raise errors.CapacityExhausted("no free game port on the node", node=node, low=low, high=high)
+        rows += reserved
+    return _in_order(PortAllocation, rows, server_ids)
+
+
+def _in_order(cls: Callable[..., T], rows: list[asyncpg.Record], server_ids: list[uuid.UUID]) -> list[T]:
+    by_server = {row["server_id"]: row for row in rows}
+    return [database.row(cls, by_server[server_id]) for server_id in server_ids]
 
 
 async def vmid_to_foreign(conn: database.Conn, server_id: uuid.UUID, vmid: int) -> None:

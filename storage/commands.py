@@ -1,9 +1,9 @@
 """The command inbox: every command for a server, in arrival order, with its outcome.
 
 The HTTP API (on any replica) enqueues; the server's owner settles. A command only moves forward
-(queued -> accepted | rejected, accepted -> done), which the schema enforces; settling from a status
-the command is no longer in matches no row and raises `StaleWrite`, so one command is never applied
-twice.
+(queued -> accepted | rejected, accepted -> done, and queued -> done for an agent's report, which is
+finished once applied), which the schema enforces; settling from a status the command is no longer
+in matches no row and raises `StaleWrite`, so one command is never applied twice.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ async def enqueue(
     return database.row(Command, record)
 
 
+async def announce(conn: database.Conn, command: Command) -> None:
+    """Wake the command's owner as the enqueue trigger would: for a report, whose insert does not."""
+    await queries.fetchval(conn, "announce_command", command.server_id, command.id)
+
+
 async def get(conn: database.Conn, command_id: uuid.UUID) -> Command:
     record = await queries.fetchrow(conn, "get_command", command_id)
     if record is None:
@@ -51,10 +56,10 @@ async def get(conn: database.Conn, command_id: uuid.UUID) -> Command:
     return database.row(Command, record)
 
 
-async def queued(conn: database.Conn, server_id: uuid.UUID) -> list[Command]:
-    """The server's queued commands, oldest first, locked until the transaction ends."""
+async def pending(conn: database.Conn, server_id: uuid.UUID) -> list[Command]:
+    """The server's queued and accepted commands, oldest first, locked until the transaction ends."""
     return [
-        database.row(Command, record) for record in await queries.fetch(conn, "queued_commands", server_id)
+        database.row(Command, record) for record in await queries.fetch(conn, "pending_commands", server_id)
     ]
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeAlias, TypeVar
 
 import asyncpg
+import orjson
 
 from zlh_actors import errors
 
@@ -97,9 +97,28 @@ async def guarded(operation: Awaitable[T]) -> T:
         raise translate(exc) from exc
 
 
+def _json_text(value: object) -> str:
+    # Non-string keys become strings, as the standard library's encoder does.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb travels as Python objects; the stores never see JSON text.
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # jsonb travels as Python objects; the stores never see JSON text. orjson: several times faster
+    # than the standard library in both directions, and every command and report goes through it.
+    await conn.set_type_codec("jsonb", encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing beyond what asyncpg always does (roll back, drop listeners).
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` at
+    every release: a round trip per transaction, for session state that no pooled connection ever
+    holds here: LISTEN and the shard leases' session advisory locks live on dedicated connections
+    (`connect`), transactions take transaction-scoped advisory locks only, nothing SETs a session
+    setting or declares a cursor WITH HOLD, and the connection-level `server_settings` are the
+    session's defaults (`RESET ALL` would keep them anyway). A pooled connection that took session
+    state would now keep it for its next user: take such state on a dedicated connection.
+    """
 
 
 async def connect(
@@ -127,6 +146,7 @@ async def create_pool(
             max_size=max_size,
             timeout=timeout,
             init=_init_connection,
+            reset=_keep_session,
             server_settings=server_settings,
         )
     )

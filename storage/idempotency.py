@@ -4,6 +4,10 @@ A request claims (tenant, key) with a fingerprint of what it asked (a SHA-256 of
 canonical body). The primary key makes a second claim impossible, so of two concurrent requests
 with one key exactly one proceeds; the other reads the record and either replays the stored answer,
 reports "in progress" (no answer yet), or refuses a different request under the same key.
+
+The batched forms (`get_many`, `forget`, `claim_many`, `complete_many`) do the same for a batch of
+creates in one statement each; `claim_many` skips a key someone else holds instead of failing, so
+one taken key does not fail the batch.
 """
 
 from __future__ import annotations
@@ -64,6 +68,59 @@ async def complete(
     if record is None:
         raise errors.Conflict("idempotency key already has an answer, or does not exist", key=key)
     return database.row(Record, record)
+
+
+Pair = tuple[str, str]  # (tenant, key)
+
+
+async def get_many(conn: database.Conn, pairs: list[Pair]) -> dict[Pair, Record]:
+    """The records of the pairs that have one, expired or not."""
+    tenants, keys = [p[0] for p in pairs], [p[1] for p in pairs]
+    records = await queries.fetch(conn, "get_idempotency_keys", tenants, keys)
+    return {(r["tenant"], r["key"]): database.row(Record, r) for r in records}
+
+
+async def forget(conn: database.Conn, pairs: list[Pair]) -> set[Pair]:
+    """Delete those of the pairs whose key has expired (by the database's clock); return them."""
+    tenants, keys = [p[0] for p in pairs], [p[1] for p in pairs]
+    return {
+        (r["tenant"], r["key"]) for r in await queries.fetch(conn, "forget_idempotency_keys", tenants, keys)
+    }
+
+
+async def claim_many(
+    conn: database.Conn, claims: list[tuple[Pair, bytes]], expires_at: datetime.datetime
+) -> set[Pair]:
+    """Claim the keys for new requests; return those claimed. A key someone else holds is skipped
+    (once its holder's transaction ends), never an error: its request is answered by that holder."""
+    rows = await queries.fetch(
+        conn,
+        "claim_idempotency_keys",
+        [pair[0] for pair, _ in claims],
+        [pair[1] for pair, _ in claims],
+        [print_ for _, print_ in claims],
+        [expires_at] * len(claims),
+    )
+    return {(r["tenant"], r["key"]) for r in rows}
+
+
+async def complete_many(
+    conn: database.Conn, answers: list[tuple[Pair, uuid.UUID | None, int, Any]]
+) -> dict[Pair, Record]:
+    """Store the first answers of claimed keys (pair, server id, status, body); `Conflict` if any of
+    them already has one or does not exist, as `complete`."""
+    records = await queries.fetch(
+        conn,
+        "complete_idempotency_keys",
+        [pair[0] for pair, *_ in answers],
+        [pair[1] for pair, *_ in answers],
+        [server_id for _, server_id, _, _ in answers],
+        [status for _, _, status, _ in answers],
+        [body for *_, body in answers],
+    )
+    if len(records) != len(answers):
+        raise errors.Conflict("idempotency key already has an answer, or does not exist")
+    return {(r["tenant"], r["key"]): database.row(Record, r) for r in records}
 
 
 async def forget_expired(conn: database.Conn, now: datetime.datetime) -> int:

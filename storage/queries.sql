@@ -136,8 +136,11 @@ INSERT INTO api_tokens (id, token_hash, tenant, role, label) VALUES ($1, $2, $3,
 SELECT * FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
 
 -- revoke_token --
--- Revoke a token by id; returns it if it was live. $1 id
-UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING *;
+-- Revoke a token by id and NOTIFY the channel with its hash (hex) in the same statement; returns it if it was live. $1 id, $2 channel
+WITH revoked AS (
+    UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING *
+)
+SELECT r.* FROM revoked AS r CROSS JOIN LATERAL (SELECT pg_notify($2, encode(r.token_hash, 'hex'))) AS n;
 
 -- live_tokens --
 -- Every live (not revoked) token, oldest first, for an operator choosing which to revoke. No parameters
@@ -184,23 +187,29 @@ DELETE FROM replicas WHERE id = $1;
 -- Create the lease rows of shards 0 .. count-1 that do not exist yet. $1 shard count
 INSERT INTO shard_leases (shard) SELECT generate_series(0, $1::integer - 1) ON CONFLICT (shard) DO NOTHING;
 
--- lease_candidates --
--- Shards below the count not owned by any of the given live replicas, free ones first. $1 shard count, $2 live replica ids (uuid[])
-SELECT shard FROM shard_leases
-WHERE shard < $1 AND (owner IS NULL OR owner <> ALL ($2::uuid[]))
-ORDER BY owner IS NOT NULL, shard;
+-- lock_lease_candidates --
+-- Take without waiting the advisory locks of up to $5 shards below the count that no live replica owns, free ones first; returns the shards locked. $1 lock namespace, $2 shard count, $3 live replica ids but our own (uuid[]), $4 shards we hold (integer[]), $5 how many
+-- One statement for the whole batch. MATERIALIZED keeps the lock call out of the candidates' scan
+-- (a plain subquery gets it pushed into its scan, before the sort, and every candidate is locked):
+-- the locks are tried in order over the sorted candidates, and the LIMIT stops once it has enough.
+WITH candidates AS MATERIALIZED (
+    SELECT shard FROM shard_leases
+    WHERE shard < $2 AND (owner IS NULL OR owner <> ALL ($3::uuid[])) AND shard <> ALL ($4::integer[])
+    ORDER BY owner IS NOT NULL, shard
+)
+SELECT shard FROM candidates
+WHERE pg_try_advisory_lock($1::integer, shard)
+LIMIT $5;
 
--- try_lock_shard --
--- Take a shard's session advisory lock without waiting; true if taken. $1 lock namespace, $2 shard
-SELECT pg_try_advisory_lock($1::integer, $2::integer);
+-- unlock_shards --
+-- Release the session advisory locks of shards. $1 lock namespace, $2 shards (integer[])
+SELECT pg_advisory_unlock($1::integer, shard) FROM unnest($2::integer[]) AS shard;
 
--- unlock_shard --
--- Release a shard's session advisory lock. $1 lock namespace, $2 shard
-SELECT pg_advisory_unlock($1::integer, $2::integer);
-
--- acquire_lease --
--- Take a shard's lease: bump its epoch (the fencing token) and record the owner. $1 shard, $2 owner
-UPDATE shard_leases SET epoch = epoch + 1, owner = $2, acquired_at = now() WHERE shard = $1 RETURNING epoch;
+-- take_leases --
+-- Take the leases of shards whose advisory locks we hold: bump each epoch (the fencing token) under the row lock and record the owner; a row still share-locked by a write in flight is skipped (no row for it). $1 shards (integer[]), $2 owner
+UPDATE shard_leases SET epoch = epoch + 1, owner = $2, acquired_at = now()
+WHERE shard IN (SELECT shard FROM shard_leases WHERE shard = ANY ($1::integer[]) FOR UPDATE SKIP LOCKED)
+RETURNING shard, epoch;
 
 -- release_lease --
 -- Give a shard's lease up (its epoch stays; the next owner bumps it). $1 shard, $2 owner
@@ -222,20 +231,29 @@ UPDATE shard_leases SET owner = NULL, acquired_at = NULL, epoch = epoch + 1 WHER
 SELECT shard, epoch, owner, acquired_at FROM shard_leases ORDER BY shard;
 
 -- servers_needing_attention --
--- Servers of the given shards that have queued or accepted commands, or are not at rest. $1 shard count, $2 shards (integer[]), $3 rest states (text[])
-SELECT s.id FROM servers s
-WHERE zlh_shard(s.id, $1) = ANY ($2::integer[])
-  AND (s.state <> ALL ($3::text[])
-       OR EXISTS (SELECT 1 FROM commands c WHERE c.server_id = s.id AND c.status IN ('queued', 'accepted')))
-ORDER BY s.id;
-
--- queued_commands --
--- A server's queued commands in arrival order, locked for settling. $1 server_id
-SELECT * FROM commands WHERE server_id = $1 AND status = 'queued' ORDER BY position FOR UPDATE;
+-- Servers of the given shards that are not at rest or have queued or accepted commands. $1 shard count, $2 shards (integer[])
+-- Both halves read a partial index of the few rows that can need attention (servers_unsettled,
+-- commands_pending), so the cost follows the work in progress, not the number of servers: the
+-- shard (an MD5) is computed for those rows only, deleted and resting servers are never read.
+SELECT id FROM (
+    SELECT id FROM servers WHERE NOT zlh_at_rest(state)
+    UNION
+    SELECT server_id FROM commands WHERE status IN ('queued', 'accepted')
+) AS pending
+WHERE zlh_shard(id, $1) = ANY ($2::integer[])
+ORDER BY id;
 
 -- accepted_commands --
 -- A server's accepted, unfinished commands. $1 server_id
 SELECT * FROM commands WHERE server_id = $1 AND status = 'accepted' ORDER BY position FOR UPDATE;
+
+-- announce_command --
+-- NOTIFY a command's owner as the enqueue trigger does, for a command whose insert announced nothing (a report). $1 server_id, $2 command id
+SELECT pg_notify('zlh_commands', $1::uuid::text || ' ' || $2::uuid::text);
+
+-- pending_commands --
+-- A server's queued and accepted commands in arrival order, locked for settling: what one actor transaction applies and finishes. $1 server_id
+SELECT * FROM commands WHERE server_id = $1 AND status IN ('queued', 'accepted') ORDER BY position FOR UPDATE;
 
 -- newest_journal_entry --
 -- A server's newest journal entry: how and when it entered its current state. $1 server_id
@@ -309,27 +327,34 @@ ON CONFLICT (server_id, generation)
 DO UPDATE SET token_hash = excluded.token_hash, issued_at = now(), revoked_at = NULL
 RETURNING *;
 
--- find_agent_token --
--- The live agent token with this hash. $1 token_hash
-SELECT * FROM agent_tokens WHERE token_hash = $1 AND revoked_at IS NULL;
-
 -- revoke_agent_tokens --
 -- Revoke every agent token of a server. $1 server_id
 UPDATE agent_tokens SET revoked_at = now() WHERE server_id = $1 AND revoked_at IS NULL;
 
--- record_agent_report --
--- Keep a report if it is newer than the stored one for the same or an older generation; no row means stale. $1 server_id, $2 generation, $3 seq, $4 state, $5 manifest_sha256, $6 detail
-INSERT INTO agent_reports AS r (server_id, generation, seq, state, manifest_sha256, detail)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (server_id) DO UPDATE
-SET generation = excluded.generation, seq = excluded.seq, state = excluded.state,
-    manifest_sha256 = excluded.manifest_sha256, detail = excluded.detail, received_at = now()
-WHERE r.generation < excluded.generation OR (r.generation = excluded.generation AND r.seq < excluded.seq)
-RETURNING *;
-
 -- get_agent_report --
 -- The newest accepted agent report of a server. $1 server_id
 SELECT * FROM agent_reports WHERE server_id = $1;
+
+-- find_agent_callback_token --
+-- The live agent token with this hash, with its server's current generation. $1 token_hash
+SELECT t.*, s.generation AS server_generation
+FROM agent_tokens t JOIN servers s ON s.id = t.server_id
+WHERE t.token_hash = $1 AND t.revoked_at IS NULL;
+
+-- record_agent_report_command --
+-- Keep a report if it is newer than the stored one for the same or an older generation and, only then, enqueue it as a `report` command, in one statement; no row means stale. $1 server_id, $2 generation, $3 seq, $4 state, $5 manifest_sha256, $6 detail, $7 command id, $8 command payload (jsonb)
+WITH kept AS (
+    INSERT INTO agent_reports AS r (server_id, generation, seq, state, manifest_sha256, detail)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (server_id) DO UPDATE
+    SET generation = excluded.generation, seq = excluded.seq, state = excluded.state,
+        manifest_sha256 = excluded.manifest_sha256, detail = excluded.detail, received_at = now()
+    WHERE r.generation < excluded.generation OR (r.generation = excluded.generation AND r.seq < excluded.seq)
+    RETURNING server_id
+)
+INSERT INTO commands (id, server_id, kind, payload)
+SELECT $7, server_id, 'report', $8 FROM kept
+RETURNING *;
 
 -- pending_memory_by_node --
 -- Memory promised to live servers whose containers are not yet running, per node. No parameters
@@ -433,3 +458,135 @@ ORDER BY r.replica_id, r.finished_at DESC, r.id DESC;
 -- Forget reports that found nothing once older than $1, and every report once older than $2. $1 quiet age (interval), $2 any age (interval)
 DELETE FROM reconcile_reports
 WHERE finished_at < now() - $2::interval OR (drifts = '[]'::jsonb AND finished_at < now() - $1::interval);
+
+-- get_idempotency_keys --
+-- The records of several (tenant, key) pairs, expired or not. $1 tenants (text[]), $2 keys (text[])
+SELECT k.* FROM idempotency_keys k
+JOIN unnest($1::text[], $2::text[]) AS u (tenant, key) ON k.tenant = u.tenant AND k.key = u.key;
+
+-- forget_idempotency_keys --
+-- Delete those of several keys that have expired, so they can be claimed again; returns them. $1 tenants (text[]), $2 keys (text[])
+DELETE FROM idempotency_keys k
+USING unnest($1::text[], $2::text[]) AS u (tenant, key)
+WHERE k.tenant = u.tenant AND k.key = u.key AND k.expires_at <= now()
+RETURNING k.tenant, k.key;
+
+-- claim_idempotency_keys --
+-- Claim several keys, in (tenant, key) order; a key held by someone else is skipped (after its holder ends). Returns the claimed ones. $1 tenants (text[]), $2 keys (text[]), $3 fingerprints (bytea[]), $4 expires_at (timestamptz[])
+INSERT INTO idempotency_keys (tenant, key, fingerprint, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::timestamptz[]) AS u (tenant, key, fingerprint, expires_at)
+ORDER BY tenant, key
+ON CONFLICT DO NOTHING
+RETURNING tenant, key;
+
+-- complete_idempotency_keys --
+-- Store the first answers of several claimed keys, once; returns the completed ones. $1 tenants (text[]), $2 keys (text[]), $3 server ids (uuid[]), $4 response statuses (integer[]), $5 response bodies (jsonb[])
+UPDATE idempotency_keys k
+SET server_id = u.server_id, response_status = u.status, response_body = u.body
+FROM unnest($1::text[], $2::text[], $3::uuid[], $4::integer[], $5::jsonb[]) AS u (tenant, key, server_id, status, body)
+WHERE k.tenant = u.tenant AND k.key = u.key AND k.response_status IS NULL
+RETURNING k.*;
+
+-- insert_servers --
+-- Insert several servers and return them. $1 ids (uuid[]), $2 tenants (text[]), $3 names (text[]), $4 specs (jsonb[]), $5 state, $6 desired_state
+INSERT INTO servers (id, tenant, name, spec, state, desired_state)
+SELECT u.id, u.tenant, u.name, u.spec, $5, $6
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS u (id, tenant, name, spec)
+RETURNING *;
+
+-- append_first_journal_entries --
+-- The first journal entry (seq 1, from nothing) of several new servers; returns their server ids. $1 server ids (uuid[]), $2 to_state, $3 event
+INSERT INTO journal (server_id, seq, from_state, to_state, event)
+SELECT id, 1, NULL, $2, $3 FROM unnest($1::uuid[]) AS id
+RETURNING server_id;
+
+-- set_servers_placement --
+-- Compare-and-set where several servers live on (id, version). $1 ids (uuid[]), $2 expected versions (bigint[]), $3 nodes (text[]), $4 vmids (integer[]), $5 ips (inet[]), $6 game ports (integer[]), $7 generation
+UPDATE servers s
+SET node = u.node, vmid = u.vmid, ip = u.ip, game_port = u.game_port, generation = $7, version = s.version + 1
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::integer[], $5::inet[], $6::integer[])
+    AS u (id, version, node, vmid, ip, game_port)
+WHERE s.id = u.id AND s.version = u.version
+RETURNING s.*;
+
+-- enqueue_commands --
+-- Put one command of a kind in each of several servers' inboxes. $1 ids (uuid[]), $2 server ids (uuid[]), $3 kind, $4 payload (jsonb)
+INSERT INTO commands (id, server_id, kind, payload)
+SELECT u.id, u.server_id, $3, $4 FROM unnest($1::uuid[], $2::uuid[]) AS u (id, server_id)
+RETURNING *;
+
+-- reserve_free_vmids --
+-- Reserve the lowest free VMIDs of a range, one per server in order, or none at all when the range has too few; returns the reservations. $1 low, $2 high, $3 server ids (uuid[])
+-- Each gap between live allocations (and the range's ends) gives its lowest values, and only the
+-- gaps before the first free values needed are expanded: the cost follows the allocations and the count.
+WITH taken AS (
+    SELECT $1::integer - 1 AS vmid
+    UNION ALL
+    SELECT vmid FROM vmid_allocations WHERE status <> 'released' AND vmid BETWEEN $1 AND $2
+), gaps AS (
+    SELECT vmid + 1 AS first, coalesce(lead(vmid) OVER (ORDER BY vmid) - 1, $2) AS last FROM taken
+), counted AS (
+    SELECT first, last, sum(last - first + 1) OVER (ORDER BY first) - (last - first + 1) AS before
+    FROM gaps WHERE first <= last
+), free AS (
+    SELECT vmid, row_number() OVER (ORDER BY vmid) AS n
+    FROM counted, generate_series(first, least(last, first + cardinality($3::uuid[]) - 1)) AS vmid
+    WHERE before < cardinality($3::uuid[])
+), pairs AS (
+    SELECT free.vmid, s.server_id FROM free JOIN unnest($3::uuid[]) WITH ORDINALITY AS s (server_id, n) USING (n)
+)
+INSERT INTO vmid_allocations (vmid, server_id, status)
+SELECT vmid, server_id, 'reserved' FROM pairs
+WHERE (SELECT count(*) FROM pairs) = cardinality($3::uuid[])
+RETURNING *;
+
+-- reserve_free_ips --
+-- Reserve the lowest free host addresses of a subnet (skipping the given ones), one per server in order, or none at all when too few are free; returns the reservations. $1 first address (inet), $2 number of candidates, $3 excluded addresses (inet[]), $4 server ids (uuid[])
+-- As reserve_free_vmids, over the offsets from the first address.
+WITH taken AS (
+    SELECT -1::bigint AS offs
+    UNION
+    SELECT ip - $1::inet FROM ip_allocations
+    WHERE status <> 'released' AND ip >= $1::inet AND ip < $1::inet + $2::bigint
+    UNION
+    SELECT x - $1::inet FROM unnest($3::inet[]) AS x WHERE x >= $1::inet AND x < $1::inet + $2::bigint
+), gaps AS (
+    SELECT offs + 1 AS first, coalesce(lead(offs) OVER (ORDER BY offs) - 1, $2::bigint - 1) AS last FROM taken
+), counted AS (
+    SELECT first, last, sum(last - first + 1) OVER (ORDER BY first) - (last - first + 1) AS before
+    FROM gaps WHERE first <= last
+), free AS (
+    SELECT $1::inet + offs AS ip, row_number() OVER (ORDER BY offs) AS n
+    FROM counted, generate_series(first, least(last, first + cardinality($4::uuid[]) - 1)) AS offs
+    WHERE before < cardinality($4::uuid[])
+), pairs AS (
+    SELECT free.ip, s.server_id FROM free JOIN unnest($4::uuid[]) WITH ORDINALITY AS s (server_id, n) USING (n)
+)
+INSERT INTO ip_allocations (ip, server_id, status)
+SELECT ip, server_id, 'reserved' FROM pairs
+WHERE (SELECT count(*) FROM pairs) = cardinality($4::uuid[])
+RETURNING *;
+
+-- reserve_free_ports --
+-- Reserve the lowest free game ports of a range on a node, one per server in order, or none at all when too few are free; returns the reservations. $1 node, $2 low, $3 high, $4 server ids (uuid[])
+-- As reserve_free_vmids, per node.
+WITH taken AS (
+    SELECT $2::integer - 1 AS port
+    UNION ALL
+    SELECT port FROM port_allocations WHERE node = $1 AND status <> 'released' AND port BETWEEN $2 AND $3
+), gaps AS (
+    SELECT port + 1 AS first, coalesce(lead(port) OVER (ORDER BY port) - 1, $3) AS last FROM taken
+), counted AS (
+    SELECT first, last, sum(last - first + 1) OVER (ORDER BY first) - (last - first + 1) AS before
+    FROM gaps WHERE first <= last
+), free AS (
+    SELECT port, row_number() OVER (ORDER BY port) AS n
+    FROM counted, generate_series(first, least(last, first + cardinality($4::uuid[]) - 1)) AS port
+    WHERE before < cardinality($4::uuid[])
+), pairs AS (
+    SELECT free.port, s.server_id FROM free JOIN unnest($4::uuid[]) WITH ORDINALITY AS s (server_id, n) USING (n)
+)
+INSERT INTO port_allocations (node, port, server_id, status)
+SELECT $1, port, server_id, 'reserved' FROM pairs
+WHERE (SELECT count(*) FROM pairs) = cardinality($4::uuid[])
+RETURNING *;

@@ -243,12 +243,15 @@ CREATE TABLE commands (
 
 CREATE INDEX commands_pending ON commands (server_id, position) WHERE status IN ('queued', 'accepted');
 
--- A command's status only moves forward: queued -> accepted | rejected, accepted -> done.
+-- A command's status only moves forward: queued -> accepted | rejected, accepted -> done. A report
+-- asks for nothing to converge to, so the transaction that applies it may settle it queued -> done
+-- (0006_command_notify).
 CREATE FUNCTION commands_check_status() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status <> OLD.status AND NOT (
         (OLD.status = 'queued' AND NEW.status IN ('accepted', 'rejected'))
+        OR (OLD.status = 'queued' AND NEW.status = 'done' AND NEW.kind = 'report')
         OR (OLD.status = 'accepted' AND NEW.status = 'done')
     ) THEN
         RAISE EXCEPTION 'command % cannot go from % to %', OLD.id, OLD.status, NEW.status
@@ -297,23 +300,32 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT (('x' || substr(md5(server_id::text), 1, 8))::bit(32)::bigint % shard_count)::integer
 $$;
 
--- Every command wakes its server's owner, whichever replica enqueued it, and every outcome wakes the
--- replica waiting for it. Triggers rather than application code, so no path can forget; the
--- notifications are delivered at commit, never for a rolled-back command.
+-- Every command wakes its server's owner, whichever replica enqueued it (the payload is the server's
+-- id and the command's), and every outcome a waiter may wait for wakes the replica waiting for it:
+-- a command submitted through the API leaving `queued`. Nobody waits for a report or a drift, nor
+-- for accepted -> done, and a commit that NOTIFYs is serialized with every other one until its WAL
+-- flush (0006_command_notify). Triggers rather than application code, so no path can forget; the
+-- one exception is an agent's report, which has one path (the agent callback) and is announced by
+-- it after the commit, only when another replica owns the server. The notifications are delivered
+-- at commit, never for a rolled-back command.
 CREATE FUNCTION commands_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify('zlh_commands', NEW.server_id::text);
-    ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM pg_notify('zlh_commands', NEW.server_id::text || ' ' || NEW.id::text);
+    ELSE
         PERFORM pg_notify('zlh_command_outcomes', NEW.id::text);
     END IF;
     RETURN NULL;
 END;
 $$;
 
-CREATE TRIGGER commands_notify AFTER INSERT OR UPDATE OF status ON commands
-    FOR EACH ROW EXECUTE FUNCTION commands_notify();
+CREATE TRIGGER commands_notify AFTER INSERT ON commands
+    FOR EACH ROW WHEN (NEW.kind <> 'report') EXECUTE FUNCTION commands_notify();
+
+CREATE TRIGGER commands_notify_outcome AFTER UPDATE OF status ON commands
+    FOR EACH ROW WHEN (OLD.status = 'queued' AND NEW.status <> 'queued' AND NEW.kind NOT IN ('report', 'drift'))
+    EXECUTE FUNCTION commands_notify();
 
 -- The catalog of Fabric launchers an operator has pinned: a create may only name a pinned triple,
 -- so every server is built from bytes whose hash the control plane knew beforehand.
@@ -417,3 +429,18 @@ CREATE TABLE reconcile_reports (
 );
 
 CREATE INDEX reconcile_reports_newest ON reconcile_reports (replica_id, finished_at DESC);
+
+-- Whether a state is at rest: nothing to do until a command, a report or the reconciler arrives.
+-- zlh_actors/servers/actor.py REST_STATES must list the same states (a test keeps them equal).
+-- Being a plain SQL expression, it is inlined into queries and index predicates alike, so a query
+-- that says `NOT zlh_at_rest(state)` can use the index below.
+CREATE FUNCTION zlh_at_rest(state text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT state IN ('running', 'stopped', 'failed.provisioning', 'failed.starting', 'failed.stopping',
+                     'deleted')
+$$;
+
+-- The servers with work in progress: a handful at any time, whereas most rows are at rest (and
+-- deleted rows stay for ever). Every sweep and every takeover's rescan reads it; servers with
+-- queued or accepted commands come from the commands_pending index.
+CREATE INDEX servers_unsettled ON servers (id) WHERE NOT zlh_at_rest(state);

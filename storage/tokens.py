@@ -1,7 +1,8 @@
 """API tokens: only a SHA-256 of each token is stored, with its tenant and role.
 
 Tokens are random (32 bytes, URL-safe), so a plain SHA-256 is enough: there is nothing to brute
-force, and a lookup by hash needs no per-token salt.
+force, and a lookup by hash needs no per-token salt. A token is only ever revoked through `revoke`,
+whose notification lets replicas cache lookups without missing a revocation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from storage import database, queries
 from zlh_actors import errors
 
 ROLES = ("user", "admin")
+# Revoking a token NOTIFYs this channel with the token's hash in hex, delivered at commit: replicas
+# that cache lookups (zlh_actors/api/auth.py) drop what they know when they hear it.
+REVOKED_CHANNEL = "zlh_tokens"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +58,8 @@ async def live(conn: database.Conn) -> list[Token]:
 
 
 async def revoke(conn: database.Conn, token_id: uuid.UUID) -> Token:
-    record = await queries.fetchrow(conn, "revoke_token", token_id)
+    """Revoke a live token; every replica's cache of it is told on `REVOKED_CHANNEL` at commit."""
+    record = await queries.fetchrow(conn, "revoke_token", token_id, REVOKED_CHANNEL)
     if record is None:
         raise errors.NotFound("no live token with this id", token_id=str(token_id))
     return database.row(Token, record)

@@ -19,7 +19,7 @@ from aiohttp import web
 from storage import database, migrate
 from zlh_actors import config, errors, logs, metrics
 from zlh_actors.api import app as api_app
-from zlh_actors.api import stream
+from zlh_actors.api import auth, stream
 from zlh_actors.proxmox import driver as pve_driver
 from zlh_actors.proxmox import instrumented
 from zlh_actors.proxmox import settings as pve_settings
@@ -171,6 +171,9 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                     url,
                     pool,
                     server_settings=ownership.session_settings(f"{stream.LISTEN_APP}{replica_id}", leases),
+                ),
+                tokens=auth.Tokens(
+                    url, server_settings=ownership.session_settings(f"{auth.LISTEN_APP}{replica_id}", leases)
                 ),
             )
         )

@@ -5,19 +5,37 @@ generation and stored hashed. A report can never cause provisioning, a second co
 deletion: it is recorded (only if newer than the last one: a replayed or reordered sequence number
 is acknowledged with 200 and ignored) and handed to the owning actor as a `report` command, which
 the chart accepts or refuses like any other.
+
+A callback costs two statements and no explicit transaction: the token lookup (which reads the
+server's generation too) before the body is read, and one statement that records the report and
+enqueues its command together. The generation is checked again when the actor applies the report,
+under the server's lock, so nothing is lost by not locking it here.
+
+The owner's wake-up. A report's insert NOTIFYs nothing (migration 0006): PostgreSQL serializes
+commits that NOTIFY until their WAL flush, and a callback usually lands on the replica that owns
+the server (an agent calls back the replica that provisioned it, unless `ZLH_CALLBACK_URL` names
+a balancer in front of several). After the commit this handler looks at its replica's leases: if
+it owns the server's shard, it wakes the actor directly; otherwise it NOTIFYs `zlh_commands`
+itself, for the owner's inbox. Looking after the commit is what makes the direct wake-up enough:
+should the shard move on afterwards, its next owner rescans the shard once it holds the lease, and
+finds the command. A wake-up lost anyway (the replica dies between the commit and the NOTIFY) is
+caught by the owner's sweep, as any lost notification is.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 from aiohttp import web
 
-from storage import agents, commands, database, servers
+from storage import agents, commands, database
 from zlh_actors import errors
 from zlh_actors.agent import wire
 from zlh_actors.api import auth, bodies, keys
+
+log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What the container says ends up in the journal and in `last_error`: keep it to a readable size.
@@ -53,13 +71,15 @@ async def report_status(request: web.Request) -> web.Response:
     for field, text in (("manifest_sha256", report["manifest_sha256"]), ("detail", report["detail"])):
         if not _NO_NUL.fullmatch(text):
             raise errors.BadRequest("invalid report", fields={field: "must not contain a NUL character"})
-    async with database.transaction(pool) as conn:
-        server = await servers.get(conn, server_id)
-        if report["generation"] != token.generation or token.generation < server.generation:
-            raise errors.StaleGeneration(
-                "report from an older generation", generation=report["generation"], current=server.generation
-            )
-        sha = report["manifest_sha256"] if _SHA256.match(report["manifest_sha256"]) else None
+    if report["generation"] != token.generation or token.generation < token.server_generation:
+        raise errors.StaleGeneration(
+            "report from an older generation",
+            generation=report["generation"],
+            current=token.server_generation,
+        )
+    sha = report["manifest_sha256"] if _SHA256.match(report["manifest_sha256"]) else None
+    detail = report["detail"][:MAX_DETAIL]
+    async with database.acquire(pool) as conn:
         kept = await agents.record_report(
             conn,
             server_id,
@@ -67,10 +87,26 @@ async def report_status(request: web.Request) -> web.Response:
             seq=report["seq"],
             state=report["state"],
             manifest_sha256=sha,
-            detail=report["detail"][:MAX_DETAIL] or None,
+            detail=detail or None,
+            command_id=uuid.uuid4(),
+            payload={**report, "detail": detail},
         )
-        if kept is None:
-            request.app[keys.METRICS].inc("zlh_stale_agent_reports_total")
-            return web.json_response({"status": "ignored", "reason": "stale_seq"})
-        await commands.enqueue(conn, server_id, "report", {**report, "detail": report["detail"][:MAX_DETAIL]})
+    if kept is None:
+        request.app[keys.METRICS].inc("zlh_stale_agent_reports_total")
+        return web.json_response({"status": "ignored", "reason": "stale_seq"})
+    await _wake_owner(request, kept)
     return web.json_response({"status": "accepted"}, status=202)
+
+
+async def _wake_owner(request: web.Request, command: commands.Command) -> None:
+    """After the commit: wake the actor here if this replica owns the server, else tell the owner."""
+    replica = request.app[keys.REPLICA]
+    if replica.shard_of(command.server_id) in replica.leases:
+        replica.route(command.server_id)
+        return
+    try:
+        async with database.acquire(request.app[keys.POOL]) as conn:
+            await commands.announce(conn, command)
+    except errors.ZlhError as exc:
+        # The report is recorded and its command queued: the owner's sweep will find it.
+        log.warning("could not announce report %s to the owner of %s: %s", command.id, command.server_id, exc)

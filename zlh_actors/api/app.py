@@ -36,6 +36,7 @@ class Deps:
     metrics: metrics.Metrics
     reconciler: loop.Reconciler
     stream: stream.Hub
+    tokens: auth.Tokens | None = None
 
 
 def make_app(deps: Deps) -> web.Application:
@@ -50,6 +51,9 @@ def make_app(deps: Deps) -> web.Application:
     app[keys.STREAM] = deps.stream
     app[keys.SOCKETS] = {}
     app.cleanup_ctx.append(stream.hub_context)
+    if deps.tokens is not None:
+        app[auth.TOKENS] = deps.tokens
+        app.cleanup_ctx.append(auth.tokens_context)
     app.on_shutdown.append(stream.close_sockets)
     app.add_routes(
         [

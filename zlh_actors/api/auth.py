@@ -3,17 +3,37 @@
 Tokens are stored hashed with a tenant and a role. A user sees and touches only its own tenant's
 servers (another tenant's server is a 404, not a 403, so ids do not leak); an admin sees all.
 Agent callbacks authenticate with their own per-server tokens (see `agent_callbacks`).
+
+Looking a token up costs a pool connection and a round trip, on every request. With `Tokens` in
+the application (`TOKENS`, started by `tokens_context`), a replica remembers the tokens it found
+live, for at most `CACHE_TTL` seconds, and only while it listens on `tokens.REVOKED_CHANNEL`: a
+revocation (`tokens.revoke`, the only way a token is revoked) notifies every replica at its commit,
+and each one forgets every cached token when it hears it. While the listener is not connected
+(starting, reconnecting) nothing is cached or served from the cache, and a lookup that was running
+when a revocation was heard is not cached. So a revoked token is refused by a replica as soon as the
+notification reached it, milliseconds after the revocation's commit; only a revocation written
+around `tokens.revoke` (plain SQL) waits for `CACHE_TTL`. Unknown and revoked tokens are never
+cached: each is looked up again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
 
+import asyncpg
 from aiohttp import web
 
 from storage import database, tokens
 from zlh_actors import errors
 from zlh_actors.api import keys, problems
+
+log = logging.getLogger(__name__)
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 STREAM_PATH = "/v1/stream"  # may authenticate with its first message instead of the header
@@ -34,6 +54,152 @@ class Principal:
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+
+LISTEN_APP = "zlh-tokens:"  # the listener's application_name prefix, as the stream's and inbox's
+CACHE_TTL = 10.0  # seconds a live lookup is reused: the bound for a revocation that sent no NOTIFY
+CACHE_SIZE = 10_000  # tokens remembered per replica, least recently used out first
+PROBE_INTERVAL = 1.0  # a listening connection shows no error until used: probed this often
+RETRY = (0.5, 5.0)  # reconnect backoff, first and largest
+
+
+class Tokens:
+    """This replica's cache of live token lookups, valid while it hears revocations."""
+
+    def __init__(
+        self, url: str, *, server_settings: dict[str, str], ttl: float = CACHE_TTL, size: int = CACHE_SIZE
+    ) -> None:
+        self._url = url
+        self._server_settings = server_settings
+        self._ttl = ttl
+        self._size = size
+        self._known: collections.OrderedDict[bytes, tuple[float, Principal]] = collections.OrderedDict()
+        # Bumped whenever what a running lookup read may be stale (a revocation heard, the listener
+        # gone): its answer is then not cached.
+        self._epoch = 0
+        self._running: dict[bytes, tuple[int, asyncio.Future[Principal | None]]] = {}
+        self._listening = False
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.lookups = 0  # database lookups made (hits are not), for tests and benchmarks
+        self.reconnects = 0
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Principal | None:
+        """The principal of a live token, or None; from the cache when it may be.
+
+        Concurrent lookups of one token while listening share one database lookup, as long as no
+        revocation was heard since it began (the same rule as for caching its answer)."""
+        digest = tokens.digest(secret)
+        if not self._listening:
+            return await self._lookup(pool, secret)
+        known = self._known.get(digest)
+        if known is not None and known[0] > time.monotonic():
+            self._known.move_to_end(digest)
+            return known[1]
+        running = self._running.get(digest)
+        if running is not None and running[0] == self._epoch:
+            return await asyncio.shield(running[1])
+        epoch = self._epoch
+        shared = asyncio.ensure_future(self._lookup(pool, secret))
+        shared.add_done_callback(_retrieve)  # its error reaches whoever waits; none may be left
+        self._running[digest] = (epoch, shared)
+        try:
+            who = await asyncio.shield(shared)
+        finally:
+            if self._running.get(digest, (0, None))[1] is shared:
+                del self._running[digest]
+        if who is not None and self._listening and epoch == self._epoch:
+            self._known[digest] = (time.monotonic() + self._ttl, who)
+            self._known.move_to_end(digest)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return who
+
+    async def _lookup(self, pool: asyncpg.Pool, secret: str) -> Principal | None:
+        self.lookups += 1
+        async with database.acquire(pool) as conn:
+            token = await tokens.authenticate(conn, secret)
+        return None if token is None else Principal(tenant=token.tenant, role=token.role)
+
+    def _forget(self) -> None:
+        self._epoch += 1
+        self._known.clear()
+
+    def _revoked(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        self._forget()
+
+    def _lost(self, _conn: object) -> None:
+        self._listening = False
+        self._forget()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="token-revocations")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._listening = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = RETRY[0]
+        while not self._stopping:
+            conn: database.Connection | None = None
+            try:
+                conn = await database.connect(self._url, server_settings=self._server_settings)
+                conn.add_termination_listener(self._lost)
+                await conn.add_listener(tokens.REVOKED_CHANNEL, self._revoked)
+                self._forget()  # revocations sent while nobody listened
+                self._listening = True
+                backoff = RETRY[0]
+                while not self._stopping:
+                    async with asyncio.timeout(PROBE_INTERVAL * 5):
+                        await conn.fetchval("SELECT 1")
+                    await asyncio.sleep(PROBE_INTERVAL)
+            except (
+                errors.ZlhError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                log.warning(
+                    "token revocation listener lost the database (%s); reconnecting in %.1fs", exc, backoff
+                )
+            except Exception:
+                # Without the listener nothing is served from the cache: a bug costs speed, not safety.
+                log.exception("token revocation listener failed; restarting in %.1fs", backoff)
+            finally:
+                self._lost(conn)
+                if conn is not None:
+                    conn.terminate()
+            if self._stopping:
+                return
+            self.reconnects += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY[1])
+
+
+def _retrieve(done: asyncio.Future[Principal | None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+TOKENS = web.AppKey("tokens", Tokens)
+
+
+async def tokens_context(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the token cache listens for revocations for the application's lifetime."""
+    cache = app[TOKENS]
+    await cache.start()
+    yield
+    await cache.stop()
 
 
 def bearer(request: web.Request) -> str | None:
@@ -70,9 +236,17 @@ async def middleware(request: web.Request, handler: problems.Handler) -> web.Str
         if request.path == STREAM_PATH:
             return await handler(request)  # browsers cannot set WebSocket headers: it authenticates itself
         raise errors.Unauthorized("missing bearer token")
-    async with database.acquire(request.app[keys.POOL]) as conn:
-        token = await tokens.authenticate(conn, secret)
-    if token is None:
+    who = await _authenticate(request.app, secret)
+    if who is None:
         raise errors.Unauthorized("invalid or revoked token")
-    request[PRINCIPAL] = Principal(tenant=token.tenant, role=token.role)
+    request[PRINCIPAL] = who
     return await handler(request)
+
+
+async def _authenticate(app: web.Application, secret: str) -> Principal | None:
+    cache = app.get(TOKENS)
+    if cache is not None:
+        return await cache.authenticate(app[keys.POOL], secret)
+    async with database.acquire(app[keys.POOL]) as conn:
+        token = await tokens.authenticate(conn, secret)
+    return None if token is None else Principal(tenant=token.tenant, role=token.role)

@@ -66,15 +66,15 @@ async def create_server(request: web.Request) -> web.Response:
             fields={"Idempotency-Key": "missing or malformed"},
         )
     data = await bodies.read_json(request)
-    parsed = requests.parse_create(data, request.app[keys.SETTINGS])
+    settings = request.app[keys.SETTINGS]
     answer = await create.create(
         request.app[keys.POOL],
-        request.app[keys.SETTINGS],
+        settings,
         request.app[keys.PLACEMENT],
         tenant=who.tenant,
         key=key,
         fingerprint=idempotency.fingerprint(request.method, request.path, data),
-        request=parsed,
+        parse=lambda: requests.parse_create(data, settings),
     )
     headers = {"Location": f"/v1/servers/{answer.body['id']}"}
     if answer.replayed:

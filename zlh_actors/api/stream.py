@@ -13,9 +13,12 @@ server's entries keep their seq order.) docs/stream.md has the full argument.
 
 The fan-out. One `Hub` per replica LISTENs on `zlh_journal` on a dedicated connection (a pooled one
 is UNLISTENed on release). A notification is only a wake-up: the hub re-reads the journal after its
-own head, never trusting the payload, and hands the final entries, serialized once, to every
-subscriber. Notifications sent while the connection is down are lost, so after every (re)connect the
-hub re-reads from its head; nothing else is needed, because entries are read, not received.
+own head, never taking entries from the payload, and hands the final entries, serialized once, to
+every subscriber. The payload's cursor only spares a read: an entry at or before the head was final
+when the head passed it, hence visible and sent, and under load most notifications arrive after the
+read that sent their entry. Notifications sent while the connection is down are lost, so after
+every (re)connect the hub re-reads from its head; nothing else is needed, because entries are read,
+not received.
 
 A client. The handler subscribes first and then sends from its own cursor: each batch from the hub
 says which part of the order it covers (`prev`, `head`]; if the client's cursor is behind `prev` (it
@@ -167,8 +170,23 @@ class Hub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
-        self._wake.set()
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not self._sent(payload):
+            self._wake.set()
+
+    def _sent(self, payload: object) -> bool:
+        """Whether the notified entry is at or before the head: final then, so read and sent already.
+
+        Every entry whose key is at most a final key was visible when that key was final (see the
+        module's docstring), so the read that moved the head past it sent it. Any payload that does
+        not name a cursor wakes the hub.
+        """
+        try:
+            data = orjson.loads(str(payload))
+            cursor = journal.Cursor(int(data["txid"]), int(data["position"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+        return cursor <= self.head
 
     async def _run(self) -> None:
         backoff = RETRY[0]

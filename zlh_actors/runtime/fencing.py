@@ -4,9 +4,10 @@ the server's shard under the epoch it was given.
 The check reads the lease row `FOR SHARE`: if another replica has taken the shard (bumped the
 epoch, or the owner changed), or the owner's heartbeat is older than the lease timeout (it froze and
 may be evicted any moment), the write is refused with `OwnershipLost` before anything is written.
-The row lock is held until the write commits, so a takeover's epoch bump waits for writes already in
-flight and every later write sees the new epoch. A replica that was frozen past its lease and wakes
-up therefore cannot write anything.
+The row lock is held until the write commits, so a takeover never bumps the epoch while a write
+under the old one is in flight (the taker skips that shard, `FOR UPDATE SKIP LOCKED`, and tries it
+again next tick), and every later write sees the new epoch. A replica that was frozen past its
+lease and wakes up therefore cannot write anything.
 """
 
 from __future__ import annotations

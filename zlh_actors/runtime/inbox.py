@@ -1,15 +1,24 @@
 """The command inbox: commands reach their server's owner from any replica.
 
 The HTTP API runs on every replica; actors run only where a shard is owned. A command is a row in
-`commands`, and a trigger NOTIFYs `zlh_commands` with the server id at commit. Each replica LISTENs
-on its own dedicated connection (a pooled one would `UNLISTEN *` on release) and wakes the owner's
-actor, which reads every queued command of its server from the table: the notification carries no
-payload that matters, so a lost or duplicated one is harmless. Notifications sent while the listener
-was disconnected are lost, so after every (re)connect the replica rescans its shards for queued work.
+`commands`, and a trigger NOTIFYs `zlh_commands` with the server id and the command id at commit.
+Each replica LISTENs on its own dedicated connection (a pooled one would `UNLISTEN *` on release)
+and wakes the owner's actor, which reads every queued command of its server from the table: the
+notification is only a wake-up, so a lost or duplicated one is harmless. Notifications sent while
+the listener was disconnected are lost, so after every (re)connect the replica rescans its shards
+for queued work (and its periodic sweep catches anything else).
 
-Outcomes travel the same way: settling a command NOTIFYs `zlh_command_outcomes` with its id, and
-the replica that received the HTTP request wakes its waiter; a waiter that hears nothing still
-re-reads the command at its deadline.
+The replica that enqueues a command wakes the owner's actor itself right after the commit
+(`waking`: a no-op unless the server's shard is its own) and skips the command's own notification,
+so the actor is not woken a second time for nothing; the notification still reaches every other
+replica. Skipping it is safe: the direct wake-up comes after the commit, so the actor's read sees
+the command. Should the code after the commit never run, the sweep catches the command. (An agent's
+report is not announced by the trigger at all: zlh_actors/api/agent_callbacks.py wakes its owner.)
+
+Outcomes travel the same way: settling a command submitted here NOTIFYs `zlh_command_outcomes` with
+its id when it leaves `queued` (migration 0006: nobody waits for reports, drifts or `done`), and the
+replica that received the HTTP request wakes its waiter; a waiter that hears nothing still re-reads
+the command at its deadline.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ log = logging.getLogger(__name__)
 
 COMMANDS_CHANNEL = "zlh_commands"
 OUTCOMES_CHANNEL = "zlh_command_outcomes"
+# Commands whose owner this replica woke itself, whose notification has not arrived yet. Bounded: a
+# notification lost in a reconnect never comes, and forgetting an id costs one needless wake-up.
+MAX_WOKEN = 10_000
 
 
 class Inbox:
@@ -50,13 +62,38 @@ class Inbox:
         self._on_command = on_command
         self._on_reconnect = on_reconnect
         self._waiters: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._woken: dict[uuid.UUID, None] = {}  # insertion-ordered: the oldest is forgotten first
         self._conn: database.Connection | None = None
         self._stopping = False
         self.reconnects = 0
 
     def _command(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        server, _, command = str(payload).partition(" ")
         with contextlib.suppress(ValueError):
-            self._on_command(uuid.UUID(str(payload)))
+            command_id = uuid.UUID(command) if command else None
+            if command_id is not None and command_id in self._woken:
+                del self._woken[command_id]  # this replica wakes (or woke) the owner itself
+                return
+            self._on_command(uuid.UUID(server))
+
+    @contextlib.contextmanager
+    def waking(self, server_id: uuid.UUID, command_id: uuid.UUID) -> Iterator[None]:
+        """Around the transaction that enqueues `command_id`: wake the server's actor once it commits.
+
+        The wake-up goes through `on_command`, which does nothing unless the server's shard is owned
+        here. The command's own notification is skipped on this replica (it may arrive before the
+        code after the commit runs, hence the id is noted first) and still wakes the owner wherever
+        it is. Nothing is woken if the block raises.
+        """
+        if len(self._woken) >= MAX_WOKEN:
+            del self._woken[next(iter(self._woken))]
+        self._woken[command_id] = None
+        try:
+            yield
+        except BaseException:
+            self._woken.pop(command_id, None)
+            raise
+        self._on_command(server_id)
 
     def _outcome(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         with contextlib.suppress(ValueError):
@@ -82,6 +119,7 @@ class Inbox:
         while not self._stopping:
             try:
                 self._conn = await self._connect()
+                self._woken.clear()  # whatever was not delivered before the reconnect never will be
                 await self._on_reconnect()
                 backoff = self._settings.heartbeat_interval
                 while not self._stopping:
@@ -133,8 +171,9 @@ class Inbox:
         """
         command_id = uuid.uuid4()
         with self._waiting(command_id) as waiter:
-            async with database.transaction(pool) as conn:
-                await commands.enqueue(conn, server_id, kind, payload, command_id=command_id)
+            with self.waking(server_id, command_id):
+                async with database.transaction(pool) as conn:
+                    await commands.enqueue(conn, server_id, kind, payload, command_id=command_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await waiter

@@ -7,8 +7,10 @@ actors of those shards are stopped at once.
 
 On taking a shard the replica bumps the shard's `epoch` in `shard_leases`: the fencing token. Every
 state write by an actor re-reads the epoch `FOR SHARE` in its own transaction (see `fencing`) and
-fails with `OwnershipLost` if it moved. The `FOR SHARE` lock also makes a takeover wait for writes
-already in flight, so there is a single owner of a server's history at every instant.
+fails with `OwnershipLost` if it moved. The `FOR SHARE` lock also keeps a takeover from bumping the
+epoch while a write is in flight (the taker skips that shard until the write has ended), so there is
+a single owner of a server's history at every instant. Shards are taken in batches: the advisory
+locks of all the candidates in one statement, the epochs of all the locked shards in another.
 
 Liveness. Each replica writes a heartbeat every `heartbeat_interval` on its lease connection. A
 replica counts as live while its heartbeat is fresher than `lease_timeout` *and* its lease
@@ -65,10 +67,15 @@ class LeaseSettings:
 
 
 def session_settings(app_name: str, settings: LeaseSettings) -> dict[str, str]:
-    """Server settings for a connection of this replica: a name others can find it by, and limits
-    that make a dead peer or a stuck statement surface in seconds rather than hours."""
+    """Server settings for a connection of this replica: a name others can find it by, limits that
+    make a dead peer or a stuck statement surface in seconds rather than hours, and no JIT.
+
+    JIT compilation pays off for long analytical queries; ours are short, and the few that read many
+    rows (the reconciler's pass) spent more time compiling than running (bench/README.md, "actors").
+    """
     return {
         "application_name": app_name,
+        "jit": "off",
         "statement_timeout": str(settings.statement_timeout_ms),
         "lock_timeout": str(settings.lock_timeout_ms),
         "idle_in_transaction_session_timeout": str(settings.statement_timeout_ms),
@@ -80,8 +87,8 @@ def session_settings(app_name: str, settings: LeaseSettings) -> dict[str, str]:
 
 
 class LeaseListener(Protocol):
-    async def acquired(self, shard: int, epoch: int) -> None:
-        """The replica now owns `shard` under `epoch`."""
+    async def acquired(self, leases: dict[int, int]) -> None:
+        """The replica now owns these shards, each under its epoch (shard -> epoch)."""
 
     async def releasing(self, shard: int) -> None:
         """The replica is about to give `shard` up: drain its actors before this returns."""
@@ -267,40 +274,44 @@ class LeaseManager:
         log.warning("replica %s missed its lease; closed its %s database sessions", replica_id, closed)
 
     async def _acquire(self, live: list[uuid.UUID], wanted: int) -> None:
-        taken: list[int] = []
-        try:
-            await self._take(live, wanted, taken)
-        finally:
-            if taken:
-                log.info("acquired shards %s", _ranges(taken))
+        """Take up to `wanted` shards in two statements, however many there are.
 
-    async def _take(self, live: list[uuid.UUID], wanted: int, taken: list[int]) -> None:
-        # Shards recorded as ours are candidates too: after a reconnect we no longer hold their locks.
+        First the advisory locks of the candidates (shards no live replica owns, free ones first;
+        those recorded as ours are candidates too, since after a reconnect we no longer hold their
+        locks), then one epoch bump over the shards locked. A lease row still share-locked by a
+        write of its previous owner is skipped rather than waited for: the fence makes that write
+        either commit before any new epoch exists or fail, so the shard is unlocked and tried again
+        next tick. Taking shards one at a time cost two round trips each, and with 32 orphaned
+        shards on a busy machine it was most of a takeover.
+        """
         others = [replica for replica in live if replica != self.replica_id]
-        for row in await self._q("lease_candidates", self.settings.shard_count, others):
-            if wanted == 0:
-                return
-            shard = row["shard"]
-            if shard in self.owned or not await self._val("try_lock_shard", shards.LOCK_NAMESPACE, shard):
-                continue
-            try:
-                epoch = await self._val("acquire_lease", shard, self.replica_id)
-            except errors.Transient:
-                # A write of the previous owner still holds the lease row: try again next tick.
-                await self._val("unlock_shard", shards.LOCK_NAMESPACE, shard)
-                continue
-            assert isinstance(epoch, int)
-            self.owned[shard] = epoch
-            wanted -= 1
-            taken.append(shard)
-            log.debug("acquired shard %d at epoch %d", shard, epoch, extra={"shard": shard, "epoch": epoch})
-            await self._listener.acquired(shard, epoch)
+        rows = await self._q(
+            "lock_lease_candidates",
+            shards.LOCK_NAMESPACE,
+            self.settings.shard_count,
+            others,
+            sorted(self.owned),
+            wanted,
+        )
+        locked = [row["shard"] for row in rows]
+        if not locked:
+            return
+        taken = {row["shard"]: row["epoch"] for row in await self._q("take_leases", locked, self.replica_id)}
+        busy = [shard for shard in locked if shard not in taken]
+        if busy:
+            await self._q("unlock_shards", shards.LOCK_NAMESPACE, busy)
+            log.info("shards %s still had writes in flight; trying them next tick", _ranges(busy))
+        if not taken:
+            return
+        self.owned.update(taken)
+        log.info("acquired shards %s", _ranges(list(taken)))
+        await self._listener.acquired(taken)
 
     async def _release(self, shard: int) -> None:
         epoch = self.owned.pop(shard)
         await self._while_beating(self._listener.releasing(shard))
         await self._q("release_lease", shard, self.replica_id)
-        await self._val("unlock_shard", shards.LOCK_NAMESPACE, shard)
+        await self._q("unlock_shards", shards.LOCK_NAMESPACE, [shard])
         log.info(
             "released shard %d (epoch %d) to balance or shut down",
             shard,

@@ -4,8 +4,9 @@ This is the seam between ownership and work. Leases say which shards are ours; t
 the actors; the inbox says which servers have new commands. A server's actor receives a message
 only while its shard is owned, and its handler gets the shard's `Lease` to fence every write.
 
-- shard acquired: every server of the shard that is not at rest or has unfinished commands gets a
-  wake-up, so work interrupted by a crash or a failover resumes on the new owner;
+- shards acquired (a takeover takes them in one batch): every server of those shards that is not
+  at rest or has unfinished commands gets a wake-up, found by one scan for the whole batch, so work
+  interrupted by a crash or a failover resumes on the new owner;
 - shard being released (rebalance, shutdown): routing stops, its actors drain, then the lease goes;
 - shard lost (lease connection gone): its actors are stopped at once.
 
@@ -102,11 +103,14 @@ class Replica(Generic[M]):
 
     # --- lease callbacks ----------------------------------------------------------------------
 
-    async def acquired(self, shard: int, epoch: int) -> None:
-        self.leases[shard] = fencing.Lease(
-            shard=shard, epoch=epoch, owner=self.id, timeout=self.settings.lease_timeout
-        )
-        self._spawn(self._rescan([shard]), f"rescan-shard-{shard}")
+    async def acquired(self, leases: dict[int, int]) -> None:
+        for shard, epoch in leases.items():
+            self.leases[shard] = fencing.Lease(
+                shard=shard, epoch=epoch, owner=self.id, timeout=self.settings.lease_timeout
+            )
+        taken = sorted(leases)
+        # One scan for the whole batch, not one per shard: a takeover takes half the shards at once.
+        self._spawn(self._rescan(taken), f"rescan-shards-{taken[0]}-{taken[-1]}")
 
     async def releasing(self, shard: int) -> None:
         self.leases.pop(shard, None)

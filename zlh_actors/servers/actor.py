@@ -7,9 +7,12 @@ run does, in order:
 1. every queued command of the server, oldest first, in one fenced transaction: the command's
    event goes through the chart; allowed, the state changes, the journal records it with the
    command id and the lease epoch, and the command is `accepted`; refused, it is `rejected` with
-   the state and the events the state allows. Outcome, state and journal commit together.
-2. at rest (running, stopped, failed, deleted), or when the current state's work says there is
-   nothing left to do: accepted commands become `done`.
+   the state and the events the state allows. Outcome, state and journal commit together. An
+   agent's report is settled `done` at once: it asks for nothing to converge to.
+2. at rest (running, stopped, failed, deleted): accepted commands become `done`, in that same
+   transaction (so a command that brings the server to rest, such as a `stopped` report, costs one
+   transaction); or, in a transaction of its own, when the current state's work says there is
+   nothing left to do.
 3. otherwise the work of the current state, through `Effects.perform`, then the event it reports,
    in a fenced transaction; repeated until the server rests or waits. A state held past its
    deadline fails with the step named in `last_error`. `crashed` and `lost` have work too when the
@@ -178,8 +181,7 @@ class ServerHandler:
         server = await self._apply_commands(server_id, lease, writes)
         for _ in range(MAX_STEPS_PER_WAKE):
             if server.state in REST_STATES:
-                await self._finish_commands(server, writes)
-                return server.state
+                return server.state  # `_apply_commands` finished its accepted commands
             step = await self._next_step(server, writes)
             if step.event is None:
                 if step.last_error is not None and step.last_error != server.last_error:
@@ -211,21 +213,30 @@ class ServerHandler:
     async def _apply_commands(
         self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites
     ) -> servers.Server:
+        """Apply the queued commands and, if the server is then at rest, finish the accepted ones."""
         async with writes.transaction() as conn:
             server = await servers.get(conn, server_id)
-            for command in await commands.queued(conn, server_id):
-                server = await self._apply_command(conn, server, command, lease)
+            accepted = []
+            for command in await commands.pending(conn, server_id):
+                if command.status == "queued":
+                    server, command = await self._apply_command(conn, server, command, lease)
+                if command.status == "accepted":
+                    accepted.append(command)
+            if server.state in REST_STATES:
+                for command in accepted:
+                    await self._settle(conn, command, "done", {"state": server.state})
         return server
 
     async def _apply_command(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
-    ) -> servers.Server:
+    ) -> tuple[servers.Server, commands.Command]:
+        """The server after the command, and the command as settled."""
         with logs.bind(command_id=command.id):
             return await self._apply_one(conn, server, command, lease)
 
     async def _apply_one(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
-    ) -> servers.Server:
+    ) -> tuple[servers.Server, commands.Command]:
         if command.kind == "report":
             return await self._apply_report(conn, server, command, lease)
         if command.kind == repairs.COMMAND_KIND:
@@ -236,7 +247,7 @@ class ServerHandler:
                 raise errors.InvalidTransition(f"unknown command {command.kind!r}", state=server.state)
             target = lifecycle.apply(server.state, event)
         except errors.InvalidTransition as exc:
-            await self._settle(
+            settled = await self._settle(
                 conn,
                 command,
                 "rejected",
@@ -249,7 +260,7 @@ class ServerHandler:
             log.info(
                 "server %s: command %s (%s) rejected in %s", server.id, command.id, command.kind, server.state
             )
-            return server
+            return server, settled
         await _leaving(conn, server, event)
         server = await self._transition(
             conn, server, target, event, command_id=command.id, epoch=lease.epoch, last_error=None
@@ -257,21 +268,24 @@ class ServerHandler:
         desired = DESIRED_STATES.get(command.kind)
         if desired is not None and desired != server.desired_state:
             server = await servers.set_desired_state(conn, server, desired)
-        await self._settle(conn, command, "accepted", {"state": server.state})
+        settled = await self._settle(conn, command, "accepted", {"state": server.state})
         log.info("server %s: %s -> %s (command %s)", server.id, command.kind, server.state, command.id)
-        return server
+        return server, settled
 
     async def _apply_report(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
-    ) -> servers.Server:
+    ) -> tuple[servers.Server, commands.Command]:
+        """A report is news, not a request: once applied it is `done` (nothing converges to it)."""
         reported = command.payload.get("state")
         if command.payload.get("generation") != server.generation:
-            await self._settle(conn, command, "rejected", {"reason": "report from another generation"})
-            return server
+            settled = await self._settle(
+                conn, command, "rejected", {"reason": "report from another generation"}
+            )
+            return server, settled
         event, when = REPORT_EVENTS.get(str(reported), (None, frozenset()))
         if event is None or server.state not in when:
-            await self._settle(conn, command, "accepted", {"state": server.state, "recorded": reported})
-            return server
+            settled = await self._settle(conn, command, "done", {"state": server.state, "recorded": reported})
+            return server, settled
         server = await self._transition(
             conn,
             server,
@@ -281,28 +295,30 @@ class ServerHandler:
             epoch=lease.epoch,
             last_error=f"agent reported {reported}: {command.payload.get('detail') or 'no detail'}",
         )
-        await self._settle(conn, command, "accepted", {"state": server.state})
+        settled = await self._settle(conn, command, "done", {"state": server.state})
         log.info("server %s: agent reported %s -> %s", server.id, reported, server.state)
-        return server
+        return server, settled
 
     async def _apply_drift(
         self, conn: database.Conn, server: servers.Server, command: commands.Command, lease: fencing.Lease
-    ) -> servers.Server:
+    ) -> tuple[servers.Server, commands.Command]:
         """Repair a drift the reconciler observed, if the server is still the row it observed."""
         try:
             drift = repairs.parse(command.payload)
         except errors.InvalidData as exc:
-            await self._settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
-            return server
+            settled = await self._settle(
+                conn, command, "rejected", {"reason": exc.message, "state": server.state}
+            )
+            return server, settled
         if (drift["version"], drift["generation"]) != (server.version, server.generation):
-            await self._settle(
+            settled = await self._settle(
                 conn,
                 command,
                 "rejected",
                 {"reason": "stale: the server changed since the reconciler looked", "state": server.state},
             )
             log.info("server %s: %s drift no longer applies (version moved on)", server.id, drift["kind"])
-            return server
+            return server, settled
         events = repairs.events(drift["kind"], server.state, server.desired_state, drift["observed"])
         path = [server.state]
         try:
@@ -311,8 +327,10 @@ class ServerHandler:
             for event in events:
                 path.append(lifecycle.apply(path[-1], event))
         except errors.InvalidTransition as exc:
-            await self._settle(conn, command, "rejected", {"reason": exc.message, "state": server.state})
-            return server
+            settled = await self._settle(
+                conn, command, "rejected", {"reason": exc.message, "state": server.state}
+            )
+            return server, settled
         detail = f"reconciler: {drift['kind']}: {drift['reason']}"
         for event, target in zip(events, path[1:], strict=True):
             server = await self._transition(
@@ -325,9 +343,9 @@ class ServerHandler:
                 last_error=drift["reason"],
                 detail=detail,
             )
-        await self._settle(conn, command, "accepted", {"state": server.state, "events": events})
+        settled = await self._settle(conn, command, "accepted", {"state": server.state, "events": events})
         log.warning("server %s: %s drift (%s) -> %s", server.id, drift["kind"], drift["reason"], server.state)
-        return server
+        return server, settled
 
     async def _apply_event(
         self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites, step: effects.Step

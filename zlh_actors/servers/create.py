@@ -4,29 +4,65 @@ One transaction inserts the idempotency record, the server row, its VMID, its IP
 port, its first journal entry and its `create` command, and stores the answer under the key. Either
 all of it exists or none of it does.
 
-Concurrent requests with one key: the first claims the key; the others block on the key's primary
-key until the first commits (or hit `lock_timeout` and try again), then read its stored answer and
-replay it. A request whose transaction
-fails (a taken name, an unpinned launcher) stores nothing, so retrying it re-runs the checks. A key
-reused with a different request is refused (422); a key past its expiry is forgotten and reusable.
+Keys. The database's primary key on (tenant, key) is the arbiter: of two requests with one key,
+exactly one claims it, and the other replays the stored answer (`Idempotent-Replayed: true`). A key
+reused with a different request is refused (422); a key past its expiry is forgotten and reusable; a
+request whose transaction fails (a taken name, an unpinned launcher) stores nothing, so retrying it
+re-runs the checks. Within one replica two shortcuts keep duplicates off the database, each
+answering exactly what the database would:
 
-Allocation among concurrent creates is serialized by a transaction-scoped advisory lock taken only
-for this short transaction, so two creates never pick the same free VMID, IP or port.
+- **In flight**: a request whose key is already being created on this replica waits for that
+  request's answer (no pool connection, no row lock) and replays it, after comparing fingerprints
+  (a different body is still 422). If the first request fails, it stored nothing, so each waiter
+  runs its request itself, as it would have after the first's rollback.
+- **Recently answered**: the answers this replica stored or replayed are kept (at most `RECENT`,
+  least recently used out first) with the key's fingerprint and expiry. A stored answer never
+  changes before its expiry, so it is replayed from memory, but only until `MARGIN` before the
+  expiry: near it the database decides, as for any key this replica has not seen, so a clock that
+  differs from the database's by less than `MARGIN` cannot replay an answer the database forgot.
+
+A duplicate that takes either shortcut is not validated again: its body is the one that was valid.
+Across replicas nothing is shared but the database, as before.
+
+Batches (group commit). Allocation is serialized by a transaction-scoped advisory lock, so two
+creates never pick the same free VMID, IP or port. A replica runs one batch at a time: the creates
+that arrive while one runs wait, and the next batch takes them (up to `MAX_BATCH`) once its
+transaction is open, so those that arrive while it opens go too. A batch is one transaction under
+that one lock, with one statement per step for the whole batch (storage/new_servers.py, the batched
+forms in allocations and idempotency) and one commit: the same rows, allocated exactly as the same
+creates one after another would be. Keys are claimed before the lock is taken, as alone. What
+concerns one request only is settled before the batch writes anything: a stored answer is
+replayed, a key reused with another body is a 422, an unpinned launcher a 400, and a key another
+replica holds is left to run alone (it then replays that replica's answer). Anything that fails the
+batch's transaction itself (a taken name, no capacity, a lock timeout) rolls the whole batch back,
+and then each of its requests runs alone in its own transaction, exactly as an unbatched create:
+one bad request never fails the others, it only costs them the fast path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 
-from storage import allocations, commands, database, idempotency, launchers, queries, servers
+from storage import (
+    allocations,
+    commands,
+    database,
+    idempotency,
+    launchers,
+    new_servers,
+    queries,
+    servers,
+)
 from zlh_actors import config, errors
 from zlh_actors.proxmox import protocol
 from zlh_actors.servers import requests, views
@@ -36,48 +72,414 @@ log = logging.getLogger(__name__)
 # The first journal entry of every server (from nothing to `requested`).
 REQUEST_EVENT = "request"
 _ATTEMPTS = 5
+RECENT = 4096  # answers kept per replica: ~1-2 KiB each
+MARGIN = datetime.timedelta(seconds=60)  # near its expiry a key is looked up in the database
+MAX_BATCH = 100  # creates per transaction; the allocation lock is held for the whole batch
+
+Pair = idempotency.Pair
 
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
+    """What the API answers; `expires_at` is when the stored answer's key expires (not rendered)."""
+
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    expires_at: datetime.datetime | None = None
 
 
 class Placement:
     """Chooses a node by free memory among online nodes, with the answer cached for a moment so a
-    burst of creates does not query Proxmox once per request."""
+    burst of creates does not query Proxmox once per request.
+
+    It also carries the replica's `Front` (requests in flight, recent answers, the batch queue):
+    the one per-replica object the create path is given."""
 
     def __init__(self, driver: protocol.ProxmoxDriver, *, ttl: float = 2.0) -> None:
         self._driver = driver
         self._ttl = ttl
         self._cached: tuple[float, list[protocol.NodeInfo]] | None = None
+        self._reading: asyncio.Task[list[protocol.NodeInfo]] | None = None
+        self.front = Front()
+
+    def warm(self) -> None:
+        """Start reading the node list now if the cached one is stale: a create calls this when it
+        arrives, so the read overlaps what comes before its batch instead of delaying the batch."""
+        if self._stale() and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.create_task(self._read(), name="placement-nodes")
+            self._reading.add_done_callback(_retrieved)
 
     async def nodes(self) -> list[protocol.NodeInfo]:
-        now = time.monotonic()
-        if self._cached is None or now - self._cached[0] > self._ttl:
-            self._cached = (now, await self._driver.nodes())
-        return self._cached[1]
+        """The node list, read at most `ttl` seconds ago; concurrent reads share one."""
+        if self._cached is not None and not self._stale():
+            return self._cached[1]
+        self.warm()
+        assert self._reading is not None
+        return await asyncio.shield(self._reading)
+
+    def _stale(self) -> bool:
+        return self._cached is None or time.monotonic() - self._cached[0] > self._ttl
+
+    async def _read(self) -> list[protocol.NodeInfo]:
+        try:
+            now = time.monotonic()
+            listing = await self._driver.nodes()
+            self._cached = (now, listing)
+            return listing
+        finally:
+            self._reading = None
 
     async def choose(self, conn: database.Conn, memory_mb: int, nodes: list[protocol.NodeInfo]) -> str:
         """The online node with the most free memory once our pending servers are counted.
 
         `nodes` is read from Proxmox *before* the create's transaction: a slow Proxmox must never
         hold the allocation lock or an open transaction."""
+        return (await self.choose_many(conn, [memory_mb], nodes))[0]
+
+    async def choose_many(
+        self, conn: database.Conn, memory_mb: list[int], nodes: list[protocol.NodeInfo]
+    ) -> list[str]:
+        """`choose` for several servers in order, each counting the ones chosen before it as pending,
+        as if each had been created (and committed) before the next."""
         pending = {
-            row["node"]: row["memory_mb"] for row in await queries.fetch(conn, "pending_memory_by_node")
+            row["node"]: int(row["memory_mb"]) for row in await queries.fetch(conn, "pending_memory_by_node")
         }
-        best: tuple[int, str] | None = None
-        for node in nodes:
-            if not node.online:
-                continue
-            free = node.free_memory_mb - int(pending.get(node.name, 0))
-            if best is None or free > best[0]:
-                best = (free, node.name)
-        if best is None or best[0] < memory_mb:
-            raise errors.CapacityExhausted("no online node has enough free memory", memory_mb=memory_mb)
-        return best[1]
+        chosen = []
+        for wanted in memory_mb:
+            best: tuple[int, str] | None = None
+            for node in nodes:
+                if not node.online:
+                    continue
+                free = node.free_memory_mb - pending.get(node.name, 0)
+                if best is None or free > best[0]:
+                    best = (free, node.name)
+            if best is None or best[0] < wanted:
+                raise errors.CapacityExhausted("no online node has enough free memory", memory_mb=wanted)
+            chosen.append(best[1])
+            pending[best[1]] = pending.get(best[1], 0) + wanted
+        return chosen
+
+
+def _retrieved(task: asyncio.Task[list[protocol.NodeInfo]]) -> None:
+    # A read's error reaches whoever awaits it; one only started by `warm` may have nobody.
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclasses.dataclass
+class _Recent:
+    fingerprint: bytes
+    answer: Answer
+    expires_at: datetime.datetime
+
+
+@dataclasses.dataclass
+class _Flight:
+    fingerprint: bytes
+    # The first request's answer, or None when it failed (it stored nothing).
+    done: asyncio.Future[Answer | None]
+    waiting: int = 0  # duplicates waiting for it
+
+
+@dataclasses.dataclass
+class _Item:
+    """One request waiting for a batch; `done` gets its answer, or None: run alone."""
+
+    pair: Pair
+    fingerprint: bytes
+    request: requests.CreateRequest
+    done: asyncio.Future[Answer | None]
+
+
+class Front:
+    """A replica's in-process state of creation: requests in flight by key, recent answers, and the
+    queue of creates waiting for the running batch."""
+
+    def __init__(self, *, recent: int = RECENT) -> None:
+        self.flights: dict[Pair, _Flight] = {}
+        self._recent: collections.OrderedDict[Pair, _Recent] = collections.OrderedDict()
+        self._capacity = recent
+        self._queue: list[_Item] = []
+        self._batcher: asyncio.Task[None] | None = None
+        self.batches = 0  # batch transactions attempted, for tests and benchmarks
+        self.fallbacks = 0  # of them, rolled back and run request by request
+
+    def recent(self, pair: Pair) -> _Recent | None:
+        """The stored answer for the key if this replica knows it and it is not near its expiry."""
+        known = self._recent.get(pair)
+        if known is None:
+            return None
+        if known.expires_at - MARGIN <= datetime.datetime.now(datetime.UTC):
+            del self._recent[pair]
+            return None
+        self._recent.move_to_end(pair)
+        return known
+
+    def remember(self, pair: Pair, fingerprint: bytes, answer: Answer) -> None:
+        if answer.expires_at is None:
+            return
+        self._recent[pair] = _Recent(
+            fingerprint, dataclasses.replace(answer, replayed=False), answer.expires_at
+        )
+        self._recent.move_to_end(pair)
+        while len(self._recent) > self._capacity:
+            self._recent.popitem(last=False)
+
+    def submit(self, item: _Item, run: Callable[[_Batch], Awaitable[None]]) -> None:
+        """Queue a create for the next batch, starting the batcher if none runs."""
+        self._queue.append(item)
+        if self._batcher is None:
+            self._batcher = asyncio.create_task(self._drain(run), name="zlh-create-batches")
+
+    async def _drain(self, run: Callable[[_Batch], Awaitable[None]]) -> None:
+        try:
+            while self._queue:
+                batch = _Batch(self._queue)
+                try:
+                    await run(batch)
+                except Exception:
+                    log.exception("a batch of creates failed; each runs alone")
+                finally:
+                    for item in batch.take():  # what the batch did not answer runs alone
+                        _settle(item.done, None)
+        finally:
+            self._batcher = None
+            for item in self._queue:  # only when cancelled (the loop is ending)
+                _settle(item.done, None)
+            self._queue.clear()
+
+
+class _Batch:
+    """The creates of one batch, taken from the queue as late as possible: once its transaction is
+    open, so the creates that arrived while it was being opened go with it."""
+
+    def __init__(self, queue: list[_Item]) -> None:
+        self._queue = queue
+        self._items: list[_Item] | None = None
+
+    def take(self) -> list[_Item]:
+        """The batch's items (taken from the queue at the first call)."""
+        if self._items is None:
+            self._items = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+        return self._items
+
+
+def _settle(done: asyncio.Future[Answer | None], answer: Answer | None) -> None:
+    if not done.done():
+        done.set_result(answer)
+
+
+def _fail(done: asyncio.Future[Answer | None], exc: errors.ZlhError) -> None:
+    if not done.done():
+        done.set_exception(exc)
+
+
+async def create(
+    pool: asyncpg.Pool,
+    settings: config.Settings,
+    placement: Placement,
+    *,
+    tenant: str,
+    key: str,
+    fingerprint: bytes,
+    parse: Callable[[], requests.CreateRequest],
+) -> Answer:
+    """The answer to a create; `parse` validates its body (`BadRequest`).
+
+    The body is validated first, as always, except for a request identical (same fingerprint) to
+    one whose answer is known or awaited here: that body was valid, and parsing it is most of what a
+    duplicate would cost."""
+    front = placement.front
+    pair = (tenant, key)
+    while True:
+        recent = front.recent(pair)
+        if recent is not None:
+            if recent.fingerprint != fingerprint:
+                parse()
+                raise _mismatch(key)
+            return dataclasses.replace(recent.answer, replayed=True)
+        flight = front.flights.get(pair)
+        if flight is None:
+            break
+        if flight.fingerprint != fingerprint:
+            parse()
+            raise _mismatch(key)
+        flight.waiting += 1
+        try:
+            first = await asyncio.shield(flight.done)
+        finally:
+            flight.waiting -= 1
+        if first is not None:
+            return dataclasses.replace(first, replayed=True)
+        # The first request failed and stored nothing: this one runs (or waits for the next try).
+    request = parse()
+    placement.warm()
+    flight = _Flight(fingerprint, asyncio.get_running_loop().create_future())
+    front.flights[pair] = flight
+    answer: Answer | None = None
+    try:
+        answer = await _batched(pool, settings, placement, _Item(pair, fingerprint, request, _future()))
+        if answer is None:
+            answer = await _alone(pool, settings, placement, tenant, key, fingerprint, request)
+        front.remember(pair, fingerprint, answer)
+        return answer
+    finally:
+        del front.flights[pair]
+        _settle(flight.done, answer)
+
+
+def _future() -> asyncio.Future[Answer | None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def _batched(
+    pool: asyncpg.Pool, settings: config.Settings, placement: Placement, item: _Item
+) -> Answer | None:
+    """The request's answer from a batch, or None when it has to run alone."""
+
+    async def run(batch: _Batch) -> None:
+        await _run_batch(pool, settings, placement, batch)
+
+    placement.front.submit(item, run)
+    return await asyncio.shield(item.done)
+
+
+async def _run_batch(
+    pool: asyncpg.Pool, settings: config.Settings, placement: Placement, batch: _Batch
+) -> None:
+    """One transaction for the batch; settles every item it can answer, leaves the rest to run alone.
+
+    A key appears once per batch: a request whose first (cancelled) try is still in this batch runs
+    alone, and so replays it."""
+    placement.front.batches += 1
+    now = datetime.datetime.now(datetime.UTC)
+    expires = now + datetime.timedelta(seconds=settings.idempotency_ttl)
+    try:
+        nodes = await placement.nodes()
+        async with database.transaction(pool) as conn:
+            unique: dict[Pair, _Item] = {}
+            for item in batch.take():
+                unique.setdefault(item.pair, item)
+            fresh = await _claim(conn, list(unique.values()), now, expires)
+            if not fresh:
+                return
+            answers = await _write(conn, settings, placement, fresh, nodes, expires)
+    except (errors.ZlhError, OSError) as exc:
+        placement.front.fallbacks += 1
+        log.info("a batch of %d creates was rolled back (%s); each runs alone", len(batch.take()), exc)
+        return  # the unsettled items run alone
+    for item, (answer, server) in zip(fresh, answers, strict=True):
+        _settle(item.done, answer)
+        log.info(
+            "server %s (%s/%s) requested: vmid %s on %s, %s:%s",
+            server.id,
+            item.pair[0],
+            server.name,
+            server.vmid,
+            server.node,
+            server.ip,
+            server.game_port,
+        )
+
+
+async def _claim(
+    conn: database.Conn, batch: list[_Item], now: datetime.datetime, expires: datetime.datetime
+) -> list[_Item]:
+    """Claim the batch's keys; answer the requests that need no new server. Returns those claimed."""
+    known = await idempotency.get_many(conn, [item.pair for item in batch])
+    candidates: list[_Item] = []
+    expired: list[_Item] = []
+    for item in batch:
+        record = known.get(item.pair)
+        if record is None:
+            candidates.append(item)
+        elif record.expires_at <= now:
+            expired.append(item)
+        elif record.fingerprint != item.fingerprint:
+            _fail(item.done, _mismatch(item.pair[1]))
+        elif record.completed:
+            assert record.response_status is not None
+            replay = Answer(record.response_status, record.response_body, True, record.expires_at)
+            _settle(item.done, replay)
+        # else: claimed but unanswered; left to run alone, which says so
+    if expired:
+        forgotten = await idempotency.forget(conn, [item.pair for item in expired])
+        candidates += [item for item in expired if item.pair in forgotten]
+    pinned: dict[tuple[str, str, str], bool] = {}
+    ready = []
+    for item in candidates:
+        triple = (item.request.minecraft_version, item.request.loader_version, item.request.installer_version)
+        if triple not in pinned:
+            pinned[triple] = await launchers.get(conn, *triple) is not None
+        if pinned[triple]:
+            ready.append(item)
+        else:
+            _fail(item.done, _unpinned())
+    if not ready:
+        return []
+    claimed = await idempotency.claim_many(conn, [(item.pair, item.fingerprint) for item in ready], expires)
+    return [item for item in ready if item.pair in claimed]  # the others replay once run alone
+
+
+async def _write(
+    conn: database.Conn,
+    settings: config.Settings,
+    placement: Placement,
+    fresh: list[_Item],
+    nodes: list[protocol.NodeInfo],
+    expires: datetime.datetime,
+) -> list[tuple[Answer, servers.Server]]:
+    """Every row of the claimed creates, one statement per step, under the allocation lock."""
+    await allocations.lock(conn)
+    chosen = await placement.choose_many(conn, [item.request.memory_mb for item in fresh], nodes)
+    new = [
+        new_servers.New(servers.ServerId(uuid.uuid4()), item.pair[0], item.request.name, item.request.spec())
+        for item in fresh
+    ]
+    rows = await new_servers.insert(conn, new, state="requested", event=REQUEST_EVENT)
+    ids: list[uuid.UUID] = [server.id for server in new]
+    low, high = settings.vmid_range
+    vmids = await allocations.allocate_vmids(conn, ids, low, high)
+    gateway = [settings.ip_gateway] if settings.ip_gateway else []
+    ips = await allocations.allocate_ips(conn, ids, settings.ip_subnet, gateway)
+    ports = await allocations.allocate_ports(conn, ids, chosen, *settings.game_ports)
+    places = [
+        new_servers.Placement(node, vmid.vmid, ip.ip, port.port)
+        for node, vmid, ip, port in zip(chosen, vmids, ips, ports, strict=True)
+    ]
+    rows = await new_servers.set_placements(conn, rows, places, generation=1)
+    created = await new_servers.enqueue(conn, ids, "create")
+    bodies = []
+    for server, command in zip(rows, created, strict=True):
+        body = views.server(server)
+        body["command"] = views.command(command)
+        bodies.append(body)
+    await idempotency.complete_many(
+        conn,
+        [(item.pair, server_id, 202, body) for item, server_id, body in zip(fresh, ids, bodies, strict=True)],
+    )
+    return [
+        (Answer(202, body, expires_at=expires), server) for body, server in zip(bodies, rows, strict=True)
+    ]
+
+
+def _mismatch(key: str) -> errors.IdempotencyMismatch:
+    return errors.IdempotencyMismatch("this Idempotency-Key was used with a different request", key=key)
+
+
+def _unpinned() -> errors.BadRequest:
+    return errors.BadRequest(
+        "no Fabric launcher is pinned for this Minecraft, loader and installer version",
+        fields={
+            "fabric": "unpinned triple; an operator pins launchers with `python -m zlh_actors launchers pin`"
+        },
+    )
+
+
+# --- one request alone: the path every request took before batches, and still takes when its batch
+# --- could not be written
 
 
 async def _replay(conn: database.Conn, tenant: str, key: str, fingerprint: bytes) -> Answer | None:
@@ -89,18 +491,17 @@ async def _replay(conn: database.Conn, tenant: str, key: str, fingerprint: bytes
         await queries.fetchval(conn, "forget_idempotency_key", tenant, key)
         return None
     if record.fingerprint != fingerprint:
-        raise errors.IdempotencyMismatch("this Idempotency-Key was used with a different request", key=key)
+        raise _mismatch(key)
     if not record.completed:
         raise errors.InProgress("a request with this Idempotency-Key is still in progress", key=key)
     assert record.response_status is not None
-    return Answer(record.response_status, record.response_body, replayed=True)
+    return Answer(record.response_status, record.response_body, True, record.expires_at)
 
 
-async def create(
+async def _alone(
     pool: asyncpg.Pool,
     settings: config.Settings,
     placement: Placement,
-    *,
     tenant: str,
     key: str,
     fingerprint: bytes,
@@ -141,13 +542,7 @@ async def _create_once(
             conn, request.minecraft_version, request.loader_version, request.installer_version
         )
         if launcher is None:
-            raise errors.BadRequest(
-                "no Fabric launcher is pinned for this Minecraft, loader and installer version",
-                fields={
-                    "fabric": "unpinned triple; an operator pins launchers with "
-                    "`python -m zlh_actors launchers pin`"
-                },
-            )
+            raise _unpinned()
         await allocations.lock(conn)
         node = await placement.choose(conn, request.memory_mb, nodes)
         server_id = servers.ServerId(uuid.uuid4())
@@ -187,4 +582,4 @@ async def _create_once(
         ip.ip,
         port.port,
     )
-    return Answer(202, body)
+    return Answer(202, body, expires_at=expires)

@@ -7,8 +7,20 @@ adopts our own container instead of cloning a second one, a repeated enrollment 
 destroyed container counts as destroyed.
 
 Readiness never consults DNS: the agent and the game are reached at the IP the database allocated,
-and `running` needs both the agent's `ready` report (newer than the moment the server entered
-`starting`) and a Server List Ping from here that answers with `players.max > 0`.
+and `running` needs both the agent's `ready` (in its status, or in a report newer than the moment
+the server entered `starting` when the agent does not answer us) and a Server List Ping from here
+that answers with `players.max > 0`.
+
+How steps wait. Every wake-up of the actor costs database transactions (its commands, the step's
+deadline), so a step looks again soon (`POLL`) only where nothing would tell it: the agent's API
+coming up after boot (an agent knows no callback before it is enrolled; one wake-up keeps asking it
+for up to `AGENT_UP_WAIT`) and our Server List Ping.
+Where the agent reports (installed, ready, stopped), the report wakes the actor and the step waits
+`REPORT_WAIT` as a safety net, but only for agents this process enrolled: the others report to the
+replica that enrolled them, which may be gone, so for them the step keeps looking every `POLL`.
+Steps ask the agent's status before reading its report, and remember what a later wake would
+otherwise read again (the enrolled manifest's hash; when the server entered `starting`, for as long
+as its row is unchanged).
 
 Two states have work only while the server should run:
 
@@ -23,6 +35,7 @@ Two states have work only while the server should run:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -31,7 +44,7 @@ from typing import Any
 import asyncpg
 from mcstatus import JavaServer
 
-from storage import agents, allocations, journal, launchers, queries, servers
+from storage import agents, allocations, database, journal, launchers, queries, servers
 from zlh_actors import config, errors
 from zlh_actors.agent import manifest, wire
 from zlh_actors.proxmox import errors as pve_errors
@@ -41,7 +54,22 @@ from zlh_actors.servers import agent_client, effects
 log = logging.getLogger(__name__)
 
 Step = effects.Step
-POLL = 0.5  # seconds between looks while waiting for the agent or the game
+# Seconds between looks while waiting for something that tells nobody when it happens: the agent's
+# API coming up in a new container (it knows no callback before it is enrolled), the game answering
+# our Server List Ping, an agent that reports to another replica.
+POLL = 0.5
+# Seconds one wake-up of `enrolling` keeps asking a new container's agent, every AGENT_UP_POLL, before
+# it gives the actor back: the agent takes seconds to start and tells nobody, and asking it over HTTP
+# costs nothing in the database, whereas every wake-up of the actor costs transactions. A command
+# for a server that is enrolling (a delete) waits up to this long.
+AGENT_UP_WAIT = 2.0
+AGENT_UP_POLL = 0.1
+# Seconds a step waits for an agent report before it looks anyway. Reports (installed, ready,
+# stopped) arrive as `report` commands that wake the actor at once; this covers a report that never
+# comes. It applies only to agents this process enrolled: an agent reports to the callback URL of
+# the replica that enrolled it, and when that replica has died its reports reach nobody, so a new
+# owner keeps looking every `POLL`. The sweep (every 5 s by default) wakes every server not at rest too.
+REPORT_WAIT = 5.0
 
 
 async def slp_answers(ip: str, port: int, timeout: float = 2.0) -> bool:
@@ -58,10 +86,15 @@ async def slp_answers(ip: str, port: int, timeout: float = 2.0) -> bool:
 
 @dataclasses.dataclass
 class _Starting:
-    """Progress through `starting` since the server entered it (kept only while it is there)."""
+    """Progress through `starting` since the server entered it (kept only while it is there).
+
+    `version` is the server row's version when `entered_at` was read: while the row is unchanged it
+    is the same entry into `starting`, and the journal need not be read again on every wake.
+    """
 
     entered_at: datetime.datetime
     restart: bool
+    version: int
     asked: bool = False
 
 
@@ -83,6 +116,11 @@ class Provisioning:
         self._agent = agent
         self._callback_base = callback_base
         self._starting: dict[Any, _Starting] = {}
+        # server id -> (generation, sha256 of the manifest it was enrolled with), while installing.
+        self._expected: dict[Any, tuple[int, str]] = {}
+        # server id -> the generation this process enrolled, whose agent reports to us; kept until the
+        # server is deleted or its container lost (at most one entry per live server of ours).
+        self._enrolled_here: dict[Any, int] = {}
 
     def deadline(self, state: str) -> float | None:
         if state == "provisioning.installing":
@@ -96,6 +134,10 @@ class Provisioning:
     async def perform(self, server: servers.Server, writes: effects.Writes) -> Step:
         if server.state != "starting":
             self._starting.pop(server.id, None)  # progress through `starting` ends with the state
+        if server.state not in ("provisioning.enrolling", "provisioning.installing"):
+            self._expected.pop(server.id, None)
+        if server.state == "lost" or server.state.startswith("deleting."):
+            self._enrolled_here.pop(server.id, None)
         step = _STEPS.get(server.state)
         if step is None:
             return Step()
@@ -112,6 +154,10 @@ class Provisioning:
             return Step(event="fail", last_error=f"{server.state}: {exc}")
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _report_wait(self, server: servers.Server) -> float:
+        """How long to wait for the agent's next report before looking anyway (`REPORT_WAIT`)."""
+        return REPORT_WAIT if self._enrolled_here.get(server.id) == server.generation else POLL
 
     def _ip(self, server: servers.Server) -> str:
         assert server.ip is not None
@@ -139,12 +185,11 @@ class Provisioning:
             template_vmid=protocol.Vmid(self._settings.pve_template_vmid),
         )
 
-    async def _manifest(self, server: servers.Server) -> manifest.Manifest:
+    async def _manifest(self, conn: database.Conn, server: servers.Server) -> manifest.Manifest:
         spec = server.spec
-        async with self._pool.acquire() as conn:
-            launcher = await launchers.get(
-                conn, spec["minecraft_version"], spec["fabric"]["loader"], spec["fabric"]["installer"]
-            )
+        launcher = await launchers.get(
+            conn, spec["minecraft_version"], spec["fabric"]["loader"], spec["fabric"]["installer"]
+        )
         if launcher is None:
             raise errors.Permanent("the server's Fabric launcher is no longer pinned")
         launcher_wire: dict[str, Any] = {"url": launcher.url, "sha256": launcher.sha256}
@@ -267,12 +312,22 @@ class Provisioning:
         await self._driver.start(self._ref(server))
         return Step(event="booted")
 
+    async def _agent_up(self, ip: str) -> bool:
+        """Whether the agent's API answers within `AGENT_UP_WAIT` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AGENT_UP_WAIT
+        while await self._agent.status(ip) is None:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(AGENT_UP_POLL)
+        return True
+
     async def _enrolling(self, server: servers.Server, writes: effects.Writes) -> Step:
         ip = self._ip(server)
-        if await self._agent.status(ip) is None:
+        if not await self._agent_up(ip):
             return Step(retry_after=POLL)
-        built = await self._manifest(server)
         async with writes.transaction() as conn:
+            built = await self._manifest(conn, server)  # read in the same transaction: one round of the pool
             token = await agents.issue_token(conn, server.id, server.generation)
         enrollment: wire.EnrollRequest = {
             "server_id": str(server.id),
@@ -282,13 +337,27 @@ class Provisioning:
             "manifest": manifest.to_wire(built),
         }
         await self._agent.enroll(ip, enrollment)
-        return Step(event="enrolled", detail=f"manifest {manifest.manifest_sha256(built)}")
+        sha = manifest.manifest_sha256(built)
+        self._expected[server.id] = (server.generation, sha)
+        self._enrolled_here[server.id] = server.generation
+        return Step(event="enrolled", detail=f"manifest {sha}")
+
+    async def _expected_manifest(self, server: servers.Server) -> str:
+        """The sha256 of the manifest this generation was enrolled with: remembered from the
+        enrollment, or built again (a new owner after a failover, a restarted replica)."""
+        known = self._expected.get(server.id)
+        if known is not None and known[0] == server.generation:
+            return known[1]
+        async with self._pool.acquire() as conn:
+            sha = manifest.manifest_sha256(await self._manifest(conn, server))
+        self._expected[server.id] = (server.generation, sha)
+        return sha
 
     async def _installing(self, server: servers.Server, writes: effects.Writes) -> Step:
-        # The agent's report may have gone to a replica that has died since: its status, polled at
-        # the container's IP, says the same thing and does not depend on which replica listens.
-        expected = manifest.manifest_sha256(await self._manifest(server))
-        report = await self._report(server)
+        # The agent's status, asked at the container's IP, is the freshest word and needs no database
+        # read. Its report, which woke us, is read only when the agent does not answer for this
+        # generation (the report is then all we have).
+        expected = await self._expected_manifest(server)
         status = await self._agent.status(self._ip(server))
         if status is not None and status.get("generation") == server.generation:
             if status.get("state") == "install_failed":
@@ -297,6 +366,13 @@ class Provisioning:
                 )
             if status.get("manifest_sha256") == expected:
                 return Step(event="installed", detail=f"manifest {expected}")
+            if status.get("state") == "installed":
+                installed = status.get("manifest_sha256")
+                return Step(
+                    event="fail", last_error=f"agent installed manifest {installed}, expected {expected}"
+                )
+            return Step(retry_after=self._report_wait(server))  # `installed` or `install_failed` wakes us
+        report = await self._report(server)
         if report is not None and report.state == "install_failed":
             return Step(event="fail", last_error=f"install failed: {report.detail or 'no detail'}")
         if report is not None and report.state == "installed":
@@ -306,15 +382,20 @@ class Provisioning:
                     last_error=f"agent installed manifest {report.manifest_sha256}, expected {expected}",
                 )
             return Step(event="installed", detail=f"manifest {expected}")
-        return Step(retry_after=POLL * 2)
+        return Step(retry_after=POLL)  # the agent does not answer: look again soon
 
     # --- running the game ---------------------------------------------------------------------
 
     async def _starting_step(self, server: servers.Server, writes: effects.Writes) -> Step:
-        entered, event = await self._entered(server)
         progress = self._starting.get(server.id)
-        if progress is None or progress.entered_at != entered:
-            progress = self._starting[server.id] = _Starting(entered, restart=event == "restart")
+        if progress is None or progress.version != server.version:
+            entered, event = await self._entered(server)
+            if progress is None or progress.entered_at != entered:
+                progress = self._starting[server.id] = _Starting(
+                    entered, restart=event == "restart", version=server.version
+                )
+            progress.version = server.version
+        entered = progress.entered_at
         ip = self._ip(server)
         if progress.asked and await self._game_idle(server):
             # Asked, yet nothing is starting: the agent restarted since (a new process knows nothing of
@@ -327,16 +408,17 @@ class Provisioning:
                 return Step(retry_after=POLL)
             if progress.restart and status.get("game", {}).get("running"):
                 await self._agent.stop_game(ip, server.generation)
-                return Step(retry_after=POLL)
+                return Step(retry_after=self._report_wait(server))  # its `stopped` report wakes us
             await self._agent.start_game(ip, server.generation)
             progress.asked = True
-            return Step(retry_after=POLL)
+            return Step(retry_after=self._report_wait(server))  # its `ready` (or `crashed`) report wakes us
         if await self._agent_ready(server, entered):
             assert server.game_port is not None
             if await slp_answers(ip, server.game_port):
                 self._starting.pop(server.id, None)
                 return Step(event="ready", detail="agent ready and Server List Ping answered")
-        return Step(retry_after=POLL)
+            return Step(retry_after=POLL)  # ready, but our ping has no answer yet: nothing will tell us
+        return Step(retry_after=self._report_wait(server))
 
     async def _game_idle(self, server: servers.Server) -> bool:
         """The agent of this generation answers, its game is not running, and none is on its way."""
@@ -349,25 +431,21 @@ class Provisioning:
         )
 
     async def _agent_ready(self, server: servers.Server, entered: datetime.datetime) -> bool:
-        """The agent says `ready`: in a report received since `entered`, or in its status now (the report
-        may have gone to a replica that died)."""
-        report = await self._report(server)
-        if report is not None and report.state == "ready" and report.received_at > entered:
-            return True
+        """The agent says `ready`: in its status now, or, when it does not answer us for this
+        generation, in a report received since `entered` (its status is fresher than any report, and
+        asking it reads nothing from the database)."""
         status = await self._agent.status(self._ip(server))
-        return (
-            status is not None
-            and status.get("generation") == server.generation
-            and status.get("state") == "ready"
-            and bool(status.get("game", {}).get("running"))
-        )
+        if status is not None and status.get("generation") == server.generation:
+            return status.get("state") == "ready" and bool(status.get("game", {}).get("running"))
+        report = await self._report(server)
+        return report is not None and report.state == "ready" and report.received_at > entered
 
     async def _stopping(self, server: servers.Server, writes: effects.Writes) -> Step:
         ip = self._ip(server)
         status = await self._agent.status(ip)
         if status is not None and status.get("game", {}).get("running"):
             await self._agent.stop_game(ip, server.generation)
-            return Step(retry_after=POLL)
+            return Step(retry_after=self._report_wait(server))  # its `stopped` report wakes us
         await self._driver.shutdown(self._ref(server), timeout=30)
         return Step(event="stopped")
 

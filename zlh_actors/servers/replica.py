@@ -37,9 +37,8 @@ def build(
 
     async def find_pending(shards: list[int]) -> list[uuid.UUID]:
         async with pool.acquire() as conn:
-            rows = await queries.fetch(
-                conn, "servers_needing_attention", settings.shard_count, shards, sorted(actor.REST_STATES)
-            )
+            # At rest is `zlh_at_rest()` in SQL, the same states as `actor.REST_STATES` (a test checks).
+            rows = await queries.fetch(conn, "servers_needing_attention", settings.shard_count, shards)
         return [row["id"] for row in rows]
 
     built = replica.Replica(

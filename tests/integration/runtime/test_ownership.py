@@ -29,9 +29,11 @@ class Recorder:
         self.owned: dict[int, int] = {}
         self.lost_shards: list[int] = []
         self.released: list[int] = []
+        self.batches: list[list[int]] = []
 
-    async def acquired(self, shard: int, epoch: int) -> None:
-        self.owned[shard] = epoch
+    async def acquired(self, leases: dict[int, int]) -> None:
+        self.owned.update(leases)
+        self.batches.append(sorted(leases))
 
     async def releasing(self, shard: int) -> None:
         self.owned.pop(shard)

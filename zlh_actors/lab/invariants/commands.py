@@ -86,10 +86,11 @@ def _repair(command: model.Command, entries: list[model.Entry]) -> list[str]:
     """A drift command's entries against the repair it stands for.
 
     Its result lists the events applied while it is `accepted`. Once `done` the result holds only the
-    state (`actor._finish_commands` overwrites it), so the repair is recomputed instead: the events
-    `repairs.events` gives for the payload's kind and observation from the state the first entry
-    starts in, for either desired state (the journal does not keep it). A repair applied twice back
-    to back is consecutive, and only this comparison catches it.
+    state (settling it `done` overwrites it, in the apply transaction or in `actor._finish_commands`),
+    so the repair is recomputed instead: the events `repairs.events` gives for the payload's kind and
+    observation from the state the first entry starts in, for either desired state (the journal does
+    not keep it). A repair applied twice back to back is consecutive, and only this comparison
+    catches it.
     """
     if not entries:
         return ["has no effect in the journal"]
