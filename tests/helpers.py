@@ -41,3 +41,23 @@ async def race(
             return await attempt(conn)
 
     return await asyncio.gather(*(one() for _ in range(contenders)), return_exceptions=True)
+
+
+class Heard:
+    """A LISTEN callback that keeps every payload of its channel, and waits for one with a deadline."""
+
+    def __init__(self) -> None:
+        self.payloads: list[str] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.payloads.append(str(payload))
+        self.changed.set()
+
+    async def until(self, payload: str, *, timeout: float = 30.0) -> list[str]:
+        """Every payload heard so far, once `payload` is among them."""
+        async with asyncio.timeout(timeout):
+            while payload not in self.payloads:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.payloads

@@ -8,7 +8,6 @@ servers stop, and, on a LISTEN connection of its own, that only the second callb
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -21,23 +20,6 @@ from tests.e2e.test_stream import settled
 from zlh_actors import service
 from zlh_actors.lab import world
 from zlh_actors.runtime import inbox
-
-
-class Heard:
-    def __init__(self) -> None:
-        self.payloads: list[str] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self.payloads.append(str(payload))
-        self.changed.set()
-
-    async def until(self, payload: str) -> list[str]:
-        async with asyncio.timeout(30):
-            while payload not in self.payloads:
-                self.changed.clear()
-                await self.changed.wait()
-        return self.payloads
 
 
 async def _balanced(pool: asyncpg.Pool, shards: int) -> bool:
@@ -88,7 +70,7 @@ async def test_a_report_reaches_its_owner_from_either_replica_and_only_a_non_own
     control: harness.Control, lab: world.Lab, db_url: str
 ) -> None:
     other = harness.settings_for(lab, db_url)
-    heard = Heard()
+    heard = helpers.Heard()
     listener = await database.connect(db_url)
     try:
         await listener.add_listener(inbox.COMMANDS_CHANNEL, heard)

@@ -7,7 +7,6 @@ through the API leaving `queued` (the replica answering the request).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,6 +14,7 @@ import asyncpg
 import pytest
 
 from storage import agents, commands, database, servers
+from tests import helpers
 from zlh_actors import errors
 from zlh_actors.runtime import inbox
 
@@ -37,35 +37,18 @@ async def _settle(pool: asyncpg.Pool, command: commands.Command, status: str) ->
         return await commands.settle(conn, command, status, {"state": "running"})
 
 
-class Heard:
-    """Every notification of a channel, from a dedicated connection."""
-
-    def __init__(self) -> None:
-        self.payloads: list[str] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self.payloads.append(str(payload))
-        self.changed.set()
-
-    async def until(self, payload: str) -> list[str]:
-        async with asyncio.timeout(10):
-            while payload not in self.payloads:
-                self.changed.clear()
-                await self.changed.wait()
-        return self.payloads
-
-
 @pytest.fixture
-async def outcomes(db_url: str) -> AsyncIterator[Heard]:
-    heard = Heard()
+async def outcomes(db_url: str) -> AsyncIterator[helpers.Heard]:
+    heard = helpers.Heard()
     conn = await database.connect(db_url)
     await conn.add_listener(inbox.OUTCOMES_CHANNEL, heard)
     yield heard
     await conn.close()
 
 
-async def test_only_outcomes_a_waiter_waits_for_are_announced(pool: asyncpg.Pool, outcomes: Heard) -> None:
+async def test_only_outcomes_a_waiter_waits_for_are_announced(
+    pool: asyncpg.Pool, outcomes: helpers.Heard
+) -> None:
     server_id = await _server(pool)
     start = await _settle(pool, await _enqueue(pool, server_id, "start"), "accepted")
     await _settle(pool, start, "done")  # nobody waits for done
@@ -79,7 +62,7 @@ async def test_only_outcomes_a_waiter_waits_for_are_announced(pool: asyncpg.Pool
 async def test_an_enqueue_names_the_server_and_the_command_and_a_report_is_announced_by_its_enqueuer(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
-    heard = Heard()
+    heard = helpers.Heard()
     conn = await database.connect(db_url)
     try:
         await conn.add_listener(inbox.COMMANDS_CHANNEL, heard)
