@@ -59,6 +59,9 @@ LISTEN_APP = "zlh-tokens:"  # the listener's application_name prefix, as the str
 CACHE_TTL = 10.0  # seconds a live lookup is reused: the bound for a revocation that sent no NOTIFY
 CACHE_SIZE = 10_000  # tokens remembered per replica, least recently used out first
 PROBE_INTERVAL = 1.0  # a listening connection shows no error until used: probed this often
+# The cache answers only while the last probe came back this recently: a connection that died
+# without a word (no FIN, no RST) hears no revocation, and this bounds how long that goes unseen.
+FRESH = PROBE_INTERVAL * 1.5
 RETRY = (0.5, 5.0)  # reconnect backoff, first and largest
 
 
@@ -78,6 +81,7 @@ class Tokens:
         self._epoch = 0
         self._running: dict[bytes, tuple[int, asyncio.Future[Principal | None]]] = {}
         self._listening = False
+        self._probed = 0.0  # monotonic time the listener's connection last answered
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.lookups = 0  # database lookups made (hits are not), for tests and benchmarks
@@ -85,7 +89,8 @@ class Tokens:
 
     @property
     def listening(self) -> bool:
-        return self._listening
+        """The listener is connected and answered a probe within `FRESH` seconds: revocations are heard."""
+        return self._listening and time.monotonic() - self._probed <= FRESH
 
     async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Principal | None:
         """The principal of a live token, or None; from the cache when it may be.
@@ -93,7 +98,7 @@ class Tokens:
         Concurrent lookups of one token while listening share one database lookup, as long as no
         revocation was heard since it began (the same rule as for caching its answer)."""
         digest = tokens.digest(secret)
-        if not self._listening:
+        if not self.listening:
             return await self._lookup(pool, secret)
         known = self._known.get(digest)
         if known is not None and known[0] > time.monotonic():
@@ -111,7 +116,7 @@ class Tokens:
         finally:
             if self._running.get(digest, (0, None))[1] is shared:
                 del self._running[digest]
-        if who is not None and self._listening and epoch == self._epoch:
+        if who is not None and self.listening and epoch == self._epoch:
             self._known[digest] = (time.monotonic() + self._ttl, who)
             self._known.move_to_end(digest)
             while len(self._known) > self._size:
@@ -156,11 +161,13 @@ class Tokens:
                 conn.add_termination_listener(self._lost)
                 await conn.add_listener(tokens.REVOKED_CHANNEL, self._revoked)
                 self._forget()  # revocations sent while nobody listened
+                self._probed = time.monotonic()
                 self._listening = True
                 backoff = RETRY[0]
                 while not self._stopping:
                     async with asyncio.timeout(PROBE_INTERVAL * 5):
                         await conn.fetchval("SELECT 1")
+                    self._probed = time.monotonic()
                     await asyncio.sleep(PROBE_INTERVAL)
             except (
                 errors.ZlhError,

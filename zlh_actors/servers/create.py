@@ -12,9 +12,10 @@ re-runs the checks. Within one replica two shortcuts keep duplicates off the dat
 answering exactly what the database would:
 
 - **In flight**: a request whose key is already being created on this replica waits for that
-  request's answer (no pool connection, no row lock) and replays it, after comparing fingerprints
-  (a different body is still 422). If the first request fails, it stored nothing, so each waiter
-  runs its request itself, as it would have after the first's rollback.
+  request's answer (no pool connection, no row lock) and replays it. A different body under the
+  key waits too, and is a 422 only once the first has stored an answer. If the first request
+  fails, it stored nothing, so each waiter runs its request itself, as it would have after the
+  first's rollback (a different body included: the key holds nothing to conflict with).
 - **Recently answered**: the answers this replica stored or replayed are kept (at most `RECENT`,
   least recently used out first) with the key's fingerprint and expiry. A stored answer never
   changes before its expiry, so it is replayed from memory, but only until `MARGIN` before the
@@ -303,17 +304,19 @@ async def create(
         flight = front.flights.get(pair)
         if flight is None:
             break
-        if flight.fingerprint != fingerprint:
-            parse()
-            raise _mismatch(key)
+        same = flight.fingerprint == fingerprint
+        if not same:
+            parse()  # a bad body is a 400 before anything else, as always
         flight.waiting += 1
         try:
             first = await asyncio.shield(flight.done)
         finally:
             flight.waiting -= 1
-        if first is not None:
+        if first is not None and same:
             return dataclasses.replace(first, replayed=True)
-        # The first request failed and stored nothing: this one runs (or waits for the next try).
+        # A different request under the key waits for the first too, and is refused (422) only if
+        # the first stored an answer (the next look finds it); if the first failed and stored
+        # nothing, the key is free: this one runs (or waits for the next try).
     request = parse()
     placement.warm()
     flight = _Flight(fingerprint, asyncio.get_running_loop().create_future())

@@ -94,11 +94,20 @@ async def test_duplicates_wait_for_the_request_in_flight_without_a_connection(pi
         await helpers.assert_eventually(all_waiting, message="nine duplicates and the first waiting")
         # The blocker's connection and the first request's; none for the nine duplicates.
         assert in_use(pinned) == 2
-        different = await asyncio.gather(post(pinned, where, "k1", body("other")), return_exceptions=True)
-        assert isinstance(different[0], errors.IdempotencyMismatch)  # refused at once, not after
+        # A different request under the key waits for the first too: whether it is refused depends
+        # on whether the first stores an answer.
+        different = asyncio.create_task(post(pinned, where, "k1", body("other")))
+
+        async def ten_waiting() -> bool:
+            return where.front.flights[(TENANT, "k1")].waiting == 10
+
+        await helpers.assert_eventually(ten_waiting, message="the different request waiting too")
+        assert in_use(pinned) == 2
     finally:
         await held.rollback()
         await pinned.release(blocker)
+    with pytest.raises(errors.IdempotencyMismatch):
+        await different
     answers = await asyncio.gather(*calls)
     assert sorted(answer.replayed for answer in answers) == [False] + [True] * 9
     assert len({answer.body["id"] for answer in answers}) == 1
@@ -171,6 +180,41 @@ async def test_a_bad_request_in_a_batch_fails_alone(pinned: asyncpg.Pool) -> Non
     assert await pinned.fetchval("SELECT count(*) FROM idempotency_keys") == 6  # nothing stored for failures
     retried = await post(pinned, where, "odd", body("odd"))  # the failed key is free for a fixed request
     assert retried.status == 202
+
+
+async def test_a_different_request_under_a_key_whose_first_request_failed_runs(pinned: asyncpg.Pool) -> None:
+    """The first request under a key fails (a taken name) and stores nothing, so the key holds
+    nothing: a different request under it, sent while the first was in flight, is served, not
+    refused with a 422 for a key that turned out free (and would have been served when sent again)."""
+    where = placement()
+    await post(pinned, where, "taken", body("dup"))
+    blocker = await pinned.acquire()
+    held = blocker.transaction()
+    await held.start()
+    await allocations.lock(blocker)
+    try:
+        first = asyncio.create_task(post(pinned, where, "k", body("dup")))
+
+        async def in_flight() -> bool:
+            return (TENANT, "k") in where.front.flights
+
+        await helpers.assert_eventually(in_flight, message="the first request in flight")
+        second = asyncio.create_task(post(pinned, where, "k", body("fresh")))
+
+        async def waiting() -> bool:
+            return where.front.flights[(TENANT, "k")].waiting == 1
+
+        await helpers.assert_eventually(waiting, message="the second request waiting for the first")
+    finally:
+        await held.rollback()
+        await pinned.release(blocker)
+    with pytest.raises(errors.NameTaken):
+        await first
+    answer = await second
+    assert answer.status == 202
+    assert not answer.replayed
+    assert answer.body["name"] == "fresh"
+    assert await pinned.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'k'") == 1
 
 
 async def test_a_batch_replays_stored_answers_and_reuses_expired_keys(pinned: asyncpg.Pool) -> None:

@@ -4,6 +4,8 @@ long the cache would have kept the token."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -106,3 +108,30 @@ async def test_nothing_is_cached_while_the_listener_is_down(
         await tokens.revoke(conn, made.id)
     await helpers.assert_eventually(_listening(cache), message="the listener did not come back")
     assert await status(client, secret) == 401
+
+
+async def test_a_listener_that_stops_answering_stops_the_cache_within_its_freshness(
+    pool: asyncpg.Pool, client: Client, cache: auth.Tokens
+) -> None:
+    """A listener's connection that goes silent (its backend frozen: no error, no FIN, no
+    notification) stops the cache from answering after `auth.FRESH`, long before the probe times out:
+    a revocation it cannot hear is then checked against the database."""
+    async with database.acquire(pool) as conn:
+        made, secret = await tokens.create(conn, "acme", "user")
+    assert await status(client, secret) == 200
+    backend = await pool.fetchval("SELECT pid FROM pg_stat_activity WHERE application_name = 'test-tokens'")
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        async with database.acquire(pool) as conn:
+            await tokens.revoke(conn, made.id)
+        loop = asyncio.get_running_loop()
+        frozen_at = loop.time()
+
+        async def deaf() -> bool:
+            return not cache.listening
+
+        await helpers.assert_eventually(deaf, timeout=auth.FRESH + 2, message="the cache kept answering")
+        assert loop.time() - frozen_at < auth.PROBE_INTERVAL * 5  # before the probe's own timeout
+        assert await status(client, secret) == 401
+    finally:
+        os.kill(backend, signal.SIGCONT)
