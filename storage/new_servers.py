@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -40,7 +41,7 @@ class Placement:
     game_port: int
 
 
-def _by_id(rows: list[asyncpg.Record], ids: list[uuid.UUID], column: str = "id") -> list[asyncpg.Record]:
+def _by_id(rows: list[asyncpg.Record], ids: Sequence[uuid.UUID], column: str = "id") -> list[asyncpg.Record]:
     found = {row[column]: row for row in rows}
     return [found[server_id] for server_id in ids]
 
@@ -60,7 +61,7 @@ async def insert(conn: database.Conn, new: list[New], *, state: str, event: str)
         "running",
     )
     await queries.fetch(conn, "append_first_journal_entries", ids, state, event)
-    return [database.row(servers.Server, row) for row in _by_id(rows, list(ids))]
+    return [database.row(servers.Server, row) for row in _by_id(rows, ids)]
 
 
 async def set_placements(
@@ -82,7 +83,7 @@ async def set_placements(
     )
     if len(updated) != len(rows):
         raise errors.StaleWrite("a new server was changed by another writer")
-    return [database.row(servers.Server, row) for row in _by_id(updated, list(ids))]
+    return [database.row(servers.Server, row) for row in _by_id(updated, ids)]
 
 
 async def enqueue(conn: database.Conn, server_ids: list[uuid.UUID], kind: str) -> list[commands.Command]:

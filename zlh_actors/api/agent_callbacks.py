@@ -101,7 +101,7 @@ async def report_status(request: web.Request) -> web.Response:
 async def _wake_owner(request: web.Request, command: commands.Command) -> None:
     """After the commit: wake the actor here if this replica owns the server, else tell the owner."""
     replica = request.app[keys.REPLICA]
-    if replica.shard_of(command.server_id) in replica.leases:
+    if replica.owns(command.server_id):
         replica.route(command.server_id)
         return
     try:

@@ -89,9 +89,13 @@ class Replica(Generic[M]):
             )
         return lease
 
+    def owns(self, server_id: uuid.UUID) -> bool:
+        """This replica holds the lease of the server's shard (as of now: leases move)."""
+        return self.shard_of(server_id) in self.leases
+
     def route(self, server_id: uuid.UUID) -> None:
         """Wake the server's actor if its shard is ours; other replicas handle the rest."""
-        if self.shard_of(server_id) not in self.leases:
+        if not self.owns(server_id):
             return
         try:
             self.registry.tell(server_id, self._wake(server_id))
