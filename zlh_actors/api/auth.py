@@ -22,7 +22,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -32,8 +31,7 @@ from aiohttp import web
 from storage import database, tokens
 from zlh_actors import errors
 from zlh_actors.api import keys, problems
-
-log = logging.getLogger(__name__)
+from zlh_actors.runtime import listener
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 STREAM_PATH = "/v1/stream"  # may authenticate with its first message instead of the header
@@ -71,8 +69,6 @@ class Tokens:
     def __init__(
         self, url: str, *, server_settings: dict[str, str], ttl: float = CACHE_TTL, size: int = CACHE_SIZE
     ) -> None:
-        self._url = url
-        self._server_settings = server_settings
         self._ttl = ttl
         self._size = size
         self._known: collections.OrderedDict[bytes, tuple[float, Principal]] = collections.OrderedDict()
@@ -81,16 +77,28 @@ class Tokens:
         self._epoch = 0
         self._running: dict[bytes, tuple[int, asyncio.Future[Principal | None]]] = {}
         self._listening = False
-        self._probed = 0.0  # monotonic time the listener's connection last answered
-        self._stopping = False
+        self._listener = listener.Listener(
+            url,
+            name="token revocation listener",
+            server_settings=server_settings,
+            channels={tokens.REVOKED_CHANNEL: self._revoked},
+            on_connect=self._connected,
+            on_lost=self._lost,
+            probe_interval=PROBE_INTERVAL,
+            probe_timeout=PROBE_INTERVAL * 5,
+            backoff=RETRY,
+        )
         self._task: asyncio.Task[None] | None = None
         self.lookups = 0  # database lookups made (hits are not), for tests and benchmarks
-        self.reconnects = 0
 
     @property
     def listening(self) -> bool:
         """The listener is connected and answered a probe within `FRESH` seconds: revocations are heard."""
-        return self._listening and time.monotonic() - self._probed <= FRESH
+        return self._listening and time.monotonic() - self._listener.answered <= FRESH
+
+    @property
+    def reconnects(self) -> int:
+        return self._listener.reconnects
 
     async def authenticate(self, pool: asyncpg.Pool, secret: str) -> Principal | None:
         """The principal of a live token, or None; from the cache when it may be.
@@ -136,61 +144,26 @@ class Tokens:
     def _revoked(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
         self._forget()
 
-    def _lost(self, _conn: object) -> None:
+    async def _connected(self) -> None:
+        self._forget()  # revocations sent while nobody listened
+        self._listening = True
+
+    def _lost(self) -> None:
+        # Nothing is served from the cache until the listener is back: a failure costs speed, not safety.
         self._listening = False
         self._forget()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="token-revocations")
+        self._task = asyncio.create_task(self._listener.run(), name="token-revocations")
 
     async def stop(self) -> None:
-        self._stopping = True
         self._listening = False
+        self._listener.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-    async def _run(self) -> None:
-        backoff = RETRY[0]
-        while not self._stopping:
-            conn: database.Connection | None = None
-            try:
-                conn = await database.connect(self._url, server_settings=self._server_settings)
-                conn.add_termination_listener(self._lost)
-                await conn.add_listener(tokens.REVOKED_CHANNEL, self._revoked)
-                self._forget()  # revocations sent while nobody listened
-                self._probed = time.monotonic()
-                self._listening = True
-                backoff = RETRY[0]
-                while not self._stopping:
-                    async with asyncio.timeout(PROBE_INTERVAL * 5):
-                        await conn.fetchval("SELECT 1")
-                    self._probed = time.monotonic()
-                    await asyncio.sleep(PROBE_INTERVAL)
-            except (
-                errors.ZlhError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                OSError,
-                TimeoutError,
-            ) as exc:
-                log.warning(
-                    "token revocation listener lost the database (%s); reconnecting in %.1fs", exc, backoff
-                )
-            except Exception:
-                # Without the listener nothing is served from the cache: a bug costs speed, not safety.
-                log.exception("token revocation listener failed; restarting in %.1fs", backoff)
-            finally:
-                self._lost(conn)
-                if conn is not None:
-                    conn.terminate()
-            if self._stopping:
-                return
-            self.reconnects += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY[1])
 
 
 def _retrieve(done: asyncio.Future[Principal | None]) -> None:

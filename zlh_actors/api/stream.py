@@ -52,6 +52,7 @@ from aiohttp import web
 from storage import database, journal, tokens
 from zlh_actors import errors
 from zlh_actors.api import auth, keys
+from zlh_actors.runtime import listener
 from zlh_actors.servers import views
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ RETRY = (0.2, 5.0)  # seconds: first and longest wait before reconnecting
 
 UNAUTHORIZED = 4401
 TOO_SLOW = 4008
-
-_DATABASE_ERRORS = (errors.ZlhError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclasses.dataclass
@@ -135,27 +134,40 @@ class Hub:
 
     def __init__(self, url: str, pool: asyncpg.Pool, *, server_settings: dict[str, str]) -> None:
         self.head = journal.ORIGIN
-        self.reconnects = 0
-        self._url = url
         self._pool = pool
-        self._server_settings = server_settings
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
+        self._listener = listener.Listener(
+            url,
+            name="stream hub",
+            server_settings=server_settings,
+            channels={CHANNEL: self._notified},
+            on_connect=self._connected,
+            serve=self._follow,  # waits for work, probing when idle; a failed read also reconnects
+            probe_interval=PROBE_INTERVAL,
+            probe_timeout=PROBE_INTERVAL * 5,
+            backoff=RETRY,
+        )
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     def __len__(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def reconnects(self) -> int:
+        return self._listener.reconnects
+
     async def start(self) -> None:
         # The head must be known before the first client subscribes: it is where "now" begins.
         async with self._pool.acquire() as conn:
             self.head = await journal.horizon(conn)
-        self._task = asyncio.create_task(self._run(), name="stream-hub")
+        self._task = asyncio.create_task(self._listener.run(), name="stream-hub")
 
     async def stop(self) -> None:
-        # The flag ends the loops even if a library swallows the cancellation.
+        # The flags end the loops even if a library swallows the cancellation.
         self._stopping = True
+        self._listener.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,30 +200,11 @@ class Hub:
             return False
         return cursor <= self.head
 
-    async def _run(self) -> None:
-        backoff = RETRY[0]
-        while not self._stopping:
-            conn: database.Connection | None = None
-            try:
-                conn = await database.connect(self._url, server_settings=self._server_settings)
-                await conn.add_listener(CHANNEL, self._notified)
-                backoff = RETRY[0]
-                self._wake.set()  # entries committed while nobody listened: read from the head
-                await self._follow(conn)
-                return  # stopping
-            except _DATABASE_ERRORS as exc:
-                log.warning("stream hub lost the database (%s); reconnecting in %.1fs", exc, backoff)
-            except Exception:
-                # Streams freeze while the hub is down; a bug must cost a retry, not the feature.
-                log.exception("stream hub failed; restarting in %.1fs", backoff)
-            finally:
-                if conn is not None:
-                    conn.terminate()
-            self.reconnects += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY[1])
+    async def _connected(self) -> None:
+        self._wake.set()  # entries committed while nobody listened: read from the head
 
-    async def _follow(self, conn: database.Connection) -> None:
+    async def _follow(self) -> None:
+        """While connected: read after each wake-up, re-read held entries shortly, probe when idle."""
         held, wait = False, HELD_POLL[0]
         while not self._stopping:
             try:
@@ -219,9 +212,7 @@ class Hub:
                     await self._wake.wait()
             except TimeoutError:
                 if not held:
-                    # A connection that only receives shows no error until it is used.
-                    async with asyncio.timeout(PROBE_INTERVAL * 5):
-                        await conn.fetchval("SELECT 1")
+                    await self._listener.probe()
                     continue
             self._wake.clear()
             held = await self._read()

@@ -5,8 +5,9 @@ The HTTP API runs on every replica; actors run only where a shard is owned. A co
 Each replica LISTENs on its own dedicated connection (a pooled one would `UNLISTEN *` on release)
 and wakes the owner's actor, which reads every queued command of its server from the table: the
 notification is only a wake-up, so a lost or duplicated one is harmless. Notifications sent while
-the listener was disconnected are lost, so after every (re)connect the replica rescans its shards
-for queued work (and its periodic sweep catches anything else).
+the listener was disconnected are lost, so after every (re)connect (`listener.Listener` probes the
+connection and reconnects) the replica rescans its shards for queued work (and its periodic sweep
+catches anything else).
 
 The replica that enqueues a command wakes the owner's actor itself right after the commit
 (`waking`: a no-op unless the server's shard is its own) and skips the command's own notification,
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -33,9 +33,7 @@ from typing import Any
 import asyncpg
 
 from storage import commands, database
-from zlh_actors.runtime import ownership
-
-log = logging.getLogger(__name__)
+from zlh_actors.runtime import listener, ownership
 
 COMMANDS_CHANNEL = "zlh_commands"
 OUTCOMES_CHANNEL = "zlh_command_outcomes"
@@ -56,16 +54,24 @@ class Inbox:
         on_command: Callable[[uuid.UUID], None],
         on_reconnect: Callable[[], Awaitable[None]],
     ) -> None:
-        self._url = url
-        self._app_name = f"{ownership.LISTEN_APP}{replica_id}"
-        self._settings = settings
         self._on_command = on_command
         self._on_reconnect = on_reconnect
         self._waiters: dict[uuid.UUID, asyncio.Future[None]] = {}
         self._woken: dict[uuid.UUID, None] = {}  # insertion-ordered: the oldest is forgotten first
-        self._conn: database.Connection | None = None
-        self._stopping = False
-        self.reconnects = 0
+        self._listener = listener.Listener(
+            url,
+            name="command inbox",
+            server_settings=ownership.session_settings(f"{ownership.LISTEN_APP}{replica_id}", settings),
+            channels={COMMANDS_CHANNEL: self._command, OUTCOMES_CHANNEL: self._outcome},
+            on_connect=self._connected,
+            probe_interval=settings.heartbeat_interval,
+            probe_timeout=settings.lease_timeout,
+            backoff=(settings.heartbeat_interval, settings.lease_timeout),
+        )
+
+    @property
+    def reconnects(self) -> int:
+        return self._listener.reconnects
 
     def _command(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         server, _, command = str(payload).partition(" ")
@@ -101,50 +107,16 @@ class Inbox:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    async def _connect(self) -> database.Connection:
-        conn = await database.connect(
-            self._url, server_settings=ownership.session_settings(self._app_name, self._settings)
-        )
-        try:
-            await conn.add_listener(COMMANDS_CHANNEL, self._command)
-            await conn.add_listener(OUTCOMES_CHANNEL, self._outcome)
-        except BaseException:
-            conn.terminate()  # cancelled (a replica stopping) or failed half-way: leave nothing open
-            raise
-        return conn
+    async def _connected(self) -> None:
+        self._woken.clear()  # whatever was not delivered before the reconnect never will be
+        await self._on_reconnect()
 
     async def run(self) -> None:
         """Stay subscribed until `stop`; after each (re)connect, rescan for missed commands."""
-        backoff = self._settings.heartbeat_interval
-        while not self._stopping:
-            try:
-                self._conn = await self._connect()
-                self._woken.clear()  # whatever was not delivered before the reconnect never will be
-                await self._on_reconnect()
-                backoff = self._settings.heartbeat_interval
-                while not self._stopping:
-                    # A notification-only connection sees no error until it is used: probe it.
-                    async with asyncio.timeout(self._settings.lease_timeout):
-                        await self._conn.fetchval("SELECT 1")
-                    await asyncio.sleep(self._settings.heartbeat_interval)
-            except Exception as exc:
-                # Any failure (including asyncpg's InternalClientError after a SIGSTOP ended the
-                # session) means: reconnect and rescan. This loop must never die.
-                if self._stopping:
-                    break
-                self.reconnects += 1
-                log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.lease_timeout)
-            finally:
-                if self._conn is not None:
-                    self._conn.terminate()
-                    self._conn = None
+        await self._listener.run()
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._conn is not None:
-            self._conn.terminate()
+        self._listener.stop()
 
     @contextlib.contextmanager
     def _waiting(self, command_id: uuid.UUID) -> Iterator[asyncio.Future[None]]:
