@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 
 from storage import database, migrate, tokens
-from zlh_actors import config, errors, localdb, logs, operator_cli, service
+from zlh_actors import config, errors, gcpolicy, localdb, logs, operator_cli, service
 
 log = logging.getLogger("zlh_actors.server")
 
@@ -112,6 +112,7 @@ async def serve(settings: config.Settings) -> None:
         world(settings, url) as effective,
         service.running(effective, url),
     ):
+        gcpolicy.freeze_startup()
         print(f"zlh-actors listening on http://{effective.host}:{effective.port}", flush=True)
         if settings.pve_host is None:
             print(f"development admin token (tenant {DEV_TENANT}): {await _dev_token(url)}", flush=True)
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zlh-actors: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    gcpolicy.configure()
     try:
         asyncio.run(serve(settings))
     except errors.ConfigError as exc:

@@ -13,8 +13,9 @@ database, and the real agent and game processes. It gets a random loopback /16, 
 so concurrent labs never share an address.
 
 The replica is `zlh_actors.service.running` with the service's default settings (pool size, shards,
-heartbeats, timeouts), pointed at the lab with `lab.settings.applied`: a benchmark measures what
-production would run, not the fast timings the tests use.
+heartbeats, timeouts), pointed at the lab with `lab.settings.applied`, and the process's garbage
+collector set as `server.py` sets it (`zlh_actors.gcpolicy`): a benchmark measures what production
+would run, not the fast timings the tests use.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import asyncpg
 
 from bench import common
 from storage import database
-from zlh_actors import config, service
+from zlh_actors import config, gcpolicy, service
 from zlh_actors.lab import replicas, scratchdb, world
 from zlh_actors.lab import settings as lab_settings
 
@@ -163,7 +164,9 @@ async def in_process(**overrides: Any) -> AsyncIterator[Stand]:
             made = await replicas.prepare_database(running, url)
             values: dict[str, Any] = {"database_url": url, "port": replicas.free_port(), **overrides}
             settings = lab_settings.applied(running.settings, config.Settings(), **values)
+            gcpolicy.configure()  # as server.py runs a replica
             async with service.running(settings, url):
+                gcpolicy.freeze_startup()
                 pool = await database.create_pool(url, max_size=4)
                 connector = aiohttp.TCPConnector(limit=0)
                 http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))

@@ -102,10 +102,20 @@ def _json_text(value: object) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+# The array types the stores' batched statements take. asyncpg learns an array type's codec by
+# asking the server (one introspection query per statement that brings new ones, ~5-10 ms each) the
+# first time a connection meets it: four of them, in the middle of the first batch of creates on
+# every new connection. Preparing one statement that names them all at connect asks once, there.
+_ARRAY_PARAMETERS = (
+    "SELECT $1::uuid[], $2::jsonb[], $3::inet[], $4::bytea[], $5::timestamptz[], $6::int4[], $7::int8[]"
+)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb travels as Python objects; the stores never see JSON text. orjson: several times faster
     # than the standard library in both directions, and every command and report goes through it.
     await conn.set_type_codec("jsonb", encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
+    await conn.prepare(_ARRAY_PARAMETERS)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

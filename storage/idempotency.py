@@ -104,9 +104,7 @@ async def claim_many(
     return {(r["tenant"], r["key"]) for r in rows}
 
 
-async def complete_many(
-    conn: database.Conn, answers: list[tuple[Pair, uuid.UUID | None, int, Any]]
-) -> dict[Pair, Record]:
+async def complete_many(conn: database.Conn, answers: list[tuple[Pair, uuid.UUID | None, int, Any]]) -> None:
     """Store the first answers of claimed keys (pair, server id, status, body); `Conflict` if any of
     them already has one or does not exist, as `complete`."""
     records = await queries.fetch(
@@ -120,7 +118,6 @@ async def complete_many(
     )
     if len(records) != len(answers):
         raise errors.Conflict("idempotency key already has an answer, or does not exist")
-    return {(r["tenant"], r["key"]): database.row(Record, r) for r in records}
 
 
 async def forget_expired(conn: database.Conn, now: datetime.datetime) -> int:

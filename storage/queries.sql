@@ -7,6 +7,19 @@ INSERT INTO servers (id, tenant, name, spec, state, desired_state)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *;
 
+-- check_lease_and_get_server --
+-- check_lease and get_server in one statement: always one row, lease_epoch NULL when the lease is not held, the server's columns NULL when it does not exist. $1 shard, $2 owner, $3 lease timeout (interval), $4 server id
+SELECT lease.epoch AS lease_epoch, s.*
+FROM (
+    SELECT (
+        SELECT l.epoch FROM shard_leases l
+        WHERE l.shard = $1 AND l.owner = $2
+          AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = $2 AND r.heartbeat_at > now() - $3::interval)
+        FOR SHARE OF l
+    ) AS epoch
+) lease
+LEFT JOIN servers s ON s.id = $4;
+
 -- get_server --
 -- One server by id, live or deleted. $1 id
 SELECT * FROM servers WHERE id = $1;
@@ -16,13 +29,26 @@ SELECT * FROM servers WHERE id = $1;
 SELECT * FROM servers WHERE id = $1 AND tenant = $2;
 
 -- transition_server --
--- Compare-and-set a server's state on (id, version); no row means a stale write. $1 id, $2 expected version, $3 new state, $4 last_error, $5 deleted (bool)
+-- Compare-and-set a server's state on (id, version) and append its journal entry, in one statement; no row means a stale write (and nothing was written). $1 id, $2 expected version, $3 new state, $4 last_error, $5 deleted (bool), $6 from_state, $7 event, $8 command_id, $9 epoch, $10 detail
+-- The row is locked first and only at the expected version: a concurrent writer makes this one wait,
+-- then find the version moved on and write nothing (as a plain compare-and-set would), instead of
+-- reaching the journal's continuity check. The journal entry goes in before the row changes (the
+-- UPDATE waits for it), as the journal's triggers expect to lock and read the row as it was.
+WITH locked AS (
+    SELECT id FROM servers WHERE id = $1 AND version = $2 FOR UPDATE
+), entry AS (
+    INSERT INTO journal (server_id, seq, from_state, to_state, event, command_id, epoch, detail)
+    SELECT $1, coalesce(max(seq), 0) + 1, $6, $3, $7, $8, $9, $10 FROM journal
+    WHERE server_id = $1
+    HAVING EXISTS (SELECT 1 FROM locked)
+    RETURNING seq
+)
 UPDATE servers
 SET state = $3,
     version = version + 1,
     last_error = $4,
     deleted_at = CASE WHEN $5 THEN coalesce(deleted_at, now()) END
-WHERE id = $1 AND version = $2
+WHERE id = $1 AND version = $2 AND EXISTS (SELECT 1 FROM entry)
 RETURNING *;
 
 -- set_server_placement --
@@ -480,12 +506,12 @@ ON CONFLICT DO NOTHING
 RETURNING tenant, key;
 
 -- complete_idempotency_keys --
--- Store the first answers of several claimed keys, once; returns the completed ones. $1 tenants (text[]), $2 keys (text[]), $3 server ids (uuid[]), $4 response statuses (integer[]), $5 response bodies (jsonb[])
+-- Store the first answers of several claimed keys, once; returns the keys completed. $1 tenants (text[]), $2 keys (text[]), $3 server ids (uuid[]), $4 response statuses (integer[]), $5 response bodies (jsonb[])
 UPDATE idempotency_keys k
 SET server_id = u.server_id, response_status = u.status, response_body = u.body
 FROM unnest($1::text[], $2::text[], $3::uuid[], $4::integer[], $5::jsonb[]) AS u (tenant, key, server_id, status, body)
 WHERE k.tenant = u.tenant AND k.key = u.key AND k.response_status IS NULL
-RETURNING k.*;
+RETURNING k.tenant, k.key;
 
 -- insert_servers --
 -- Insert several servers and return them. $1 ids (uuid[]), $2 tenants (text[]), $3 names (text[]), $4 specs (jsonb[]), $5 state, $6 desired_state

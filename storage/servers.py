@@ -43,6 +43,14 @@ class Server:
     deleted_at: datetime.datetime | None
 
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(Server))
+
+
+def from_record(record: Any) -> Server:
+    """The server in a record that holds its columns among others (`database.row` takes exactly them)."""
+    return Server(**{name: record[name] for name in _FIELDS})
+
+
 async def insert(
     conn: database.Conn,
     *,
@@ -94,14 +102,20 @@ async def transition(
     last_error: str | None = None,
     detail: str | None = None,
 ) -> Server:
-    """Move `server` (as read) to `to_state` and journal it; call inside a transaction."""
-    updated = await _compare_and_set(
-        conn, server, "transition_server", to_state, last_error, to_state == DELETED
+    """Move `server` (as read) to `to_state` and journal it, in one statement; call inside a transaction."""
+    return await _compare_and_set(
+        conn,
+        server,
+        "transition_server",
+        to_state,
+        last_error,
+        to_state == DELETED,
+        server.state,
+        event,
+        command_id,
+        epoch,
+        detail,
     )
-    await journal.append(
-        conn, server.id, server.state, to_state, event, command_id=command_id, epoch=epoch, detail=detail
-    )
-    return updated
 
 
 async def set_placement(

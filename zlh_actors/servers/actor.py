@@ -131,6 +131,12 @@ class _FencedWrites:
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
         return fencing.transaction(self._pool, self._lease, self._counter)
 
+    def server(
+        self, server_id: uuid.UUID
+    ) -> contextlib.AbstractAsyncContextManager[tuple[database.Conn, servers.Server]]:
+        """A fenced transaction and the server as read in it."""
+        return fencing.server_transaction(self._pool, self._lease, server_id, self._counter)
+
 
 class ServerHandler:
     """Handles wake-ups for servers owned by this replica (`bind` it to the replica first)."""
@@ -185,10 +191,8 @@ class ServerHandler:
             step = await self._next_step(server, writes)
             if step.event is None:
                 if step.last_error is not None and step.last_error != server.last_error:
-                    async with writes.transaction() as conn:
-                        server = await servers.set_last_error(
-                            conn, await servers.get(conn, server_id), step.last_error
-                        )
+                    async with writes.server(server_id) as (conn, current):
+                        server = await servers.set_last_error(conn, current, step.last_error)
                 if step.retry_after is None:
                     await self._finish_commands(server, writes)  # nothing left to do: at rest
                 self._wake_later(server_id, step.retry_after)
@@ -214,8 +218,7 @@ class ServerHandler:
         self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites
     ) -> servers.Server:
         """Apply the queued commands and, if the server is then at rest, finish the accepted ones."""
-        async with writes.transaction() as conn:
-            server = await servers.get(conn, server_id)
+        async with writes.server(server_id) as (conn, server):
             accepted = []
             for command in await commands.pending(conn, server_id):
                 if command.status == "queued":
@@ -351,8 +354,7 @@ class ServerHandler:
         self, server_id: uuid.UUID, lease: fencing.Lease, writes: _FencedWrites, step: effects.Step
     ) -> servers.Server:
         assert step.event is not None
-        async with writes.transaction() as conn:
-            server = await servers.get(conn, server_id)
+        async with writes.server(server_id) as (conn, server):
             try:
                 target = lifecycle.apply(server.state, step.event)
             except errors.InvalidTransition:
@@ -395,8 +397,7 @@ class ServerHandler:
         reason = f"actor gave up after repeated failures: {type(exc).__name__}: {exc}"
         try:
             lease = self.owner.lease_for(server_id)
-            async with self._writes(lease).transaction() as conn:
-                server = await servers.get(conn, server_id)
+            async with self._writes(lease).server(server_id) as (conn, server):
                 if "fail" in lifecycle.allowed_events(server.state):
                     await self._transition(
                         conn,

@@ -178,7 +178,8 @@ class _Recent:
 @dataclasses.dataclass
 class _Flight:
     fingerprint: bytes
-    # The first request's answer, or None when it failed (it stored nothing).
+    # The first request's answer as its duplicates get it (replayed), or None when it failed (it
+    # stored nothing).
     done: asyncio.Future[Answer | None]
     waiting: int = 0  # duplicates waiting for it
 
@@ -217,12 +218,11 @@ class Front:
         self._recent.move_to_end(pair)
         return known
 
-    def remember(self, pair: Pair, fingerprint: bytes, answer: Answer) -> None:
-        if answer.expires_at is None:
+    def remember(self, pair: Pair, fingerprint: bytes, replay: Answer) -> None:
+        """Keep an answer, in the form a duplicate gets it (`replayed`)."""
+        if replay.expires_at is None:
             return
-        self._recent[pair] = _Recent(
-            fingerprint, dataclasses.replace(answer, replayed=False), answer.expires_at
-        )
+        self._recent[pair] = _Recent(fingerprint, replay, replay.expires_at)
         self._recent.move_to_end(pair)
         while len(self._recent) > self._capacity:
             self._recent.popitem(last=False)
@@ -300,7 +300,7 @@ async def create(
             if recent.fingerprint != fingerprint:
                 parse()
                 raise _mismatch(key)
-            return dataclasses.replace(recent.answer, replayed=True)
+            return recent.answer
         flight = front.flights.get(pair)
         if flight is None:
             break
@@ -313,7 +313,7 @@ async def create(
         finally:
             flight.waiting -= 1
         if first is not None and same:
-            return dataclasses.replace(first, replayed=True)
+            return first
         # A different request under the key waits for the first too, and is refused (422) only if
         # the first stored an answer (the next look finds it); if the first failed and stored
         # nothing, the key is free: this one runs (or waits for the next try).
@@ -321,16 +321,17 @@ async def create(
     placement.warm()
     flight = _Flight(fingerprint, asyncio.get_running_loop().create_future())
     front.flights[pair] = flight
-    answer: Answer | None = None
+    replay: Answer | None = None  # one copy for every duplicate, in flight or later
     try:
         answer = await _batched(pool, settings, placement, _Item(pair, fingerprint, request, _future()))
         if answer is None:
             answer = await _alone(pool, settings, placement, tenant, key, fingerprint, request)
-        front.remember(pair, fingerprint, answer)
+        replay = dataclasses.replace(answer, replayed=True)
+        front.remember(pair, fingerprint, replay)
         return answer
     finally:
         del front.flights[pair]
-        _settle(flight.done, answer)
+        _settle(flight.done, replay)
 
 
 def _future() -> asyncio.Future[Answer | None]:

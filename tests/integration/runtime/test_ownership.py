@@ -208,6 +208,38 @@ async def test_fenced_write_with_an_old_epoch_is_refused(db_url: str, pool: asyn
             assert (await servers.get(conn, server.id)).state == "provisioning.cloning"
 
 
+async def test_the_fenced_server_read_checks_the_lease_first_and_holds_it(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    async with database.transaction(pool) as conn:
+        server = await servers.insert(
+            conn, tenant="acme", name="fenced-read", spec={}, state="requested", event="seed"
+        )
+    shard = shards.shard_of(server.id, FAST.shard_count)
+    async with members(db_url, 1) as (a,):
+        await until(lambda: shard in a.recorder.owned)
+        lease = fencing.Lease(shard=shard, epoch=a.recorder.owned[shard], owner=a.manager.replica_id)
+        counter = fencing.FenceCounter()
+        async with fencing.server_transaction(pool, lease, server.id, counter) as (conn, read):
+            assert read == server
+            # The lease row is share-locked until the write commits: a takeover cannot bump it.
+            async with pool.acquire() as other:
+                taken = await other.fetchval(
+                    "SELECT shard FROM shard_leases WHERE shard = $1 FOR UPDATE SKIP LOCKED", shard
+                )
+            assert taken is None
+        stale = fencing.Lease(shard=shard, epoch=lease.epoch - 1, owner=lease.owner)
+        missing = uuid.uuid4()
+        with pytest.raises(errors.OwnershipLost):  # the lease is checked before the server is looked for
+            async with fencing.server_transaction(pool, stale, missing, counter):
+                pass
+        assert counter.rejected == 1
+        with pytest.raises(errors.NotFound):
+            async with fencing.server_transaction(pool, lease, missing, counter):
+                pass
+        assert counter.rejected == 1
+
+
 async def test_a_direct_connection_is_not_mistaken_for_pooling(db_url: str) -> None:
     conn = await database.connect(db_url)
     try:
