@@ -10,7 +10,11 @@ start and dropped (WITH FORCE) at the end, so runs of several engineers never se
 The lab runs with `time_scale=0` and no game warm-up: fakepve's tasks complete at once and the
 stand-in game answers as soon as it has started, so what remains is the control plane's own work, the
 database, and the real agent and game processes. It gets a random loopback /16, like the test labs,
-so concurrent labs never share an address.
+so concurrent labs never share an address. `in_process(lab_apart=True)` runs it in a process of its
+own (`python -m zlh_actors.lab`), as Proxmox and the agents run apart from a production replica: in
+the replica's process, fakepve's thread takes the interpreter's lock from the replica's event loop
+whenever the servers it provisions call it, and the agents' processes are forked from it. Latency
+benchmarks want that; lifecycle keeps the lab in its process, to count the agents' and games' CPU.
 
 The replica is `zlh_actors.service.running` with the service's default settings (pool size, shards,
 heartbeats, timeouts), pointed at the lab with `lab.settings.applied`, and the process's garbage
@@ -27,6 +31,8 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -81,6 +87,68 @@ async def lab() -> AsyncIterator[world.Lab]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LabProcess:
+    """A lab running in a process of its own: where it keeps its files, and its settings (lab.env)."""
+
+    directory: Path
+    settings: lab_settings.LabSettings
+
+
+LAB_READY = "zlh-lab: ready"
+LAB_START_TIMEOUT = 60.0
+LAB_STOP_TIMEOUT = 20.0
+
+
+@contextlib.asynccontextmanager
+async def lab_process() -> AsyncIterator[LabProcess]:
+    """`lab`, in a process of its own (`python -m zlh_actors.lab`), stopped and removed after."""
+    path = Path(tempfile.mkdtemp(prefix="zlh-bench-"))
+    directory = path / "lab"
+    with (path / "lab.log").open("w") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "zlh_actors.lab",
+            "--dir",
+            str(directory),
+            "--time-scale",
+            "0",
+            "--warmup",
+            "0",
+            "--subnet",
+            common.lab_subnet(),
+            "--log-level",
+            "WARNING",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+        )
+        try:
+            await asyncio.wait_for(_lab_ready(process, path / "lab.log"), LAB_START_TIMEOUT)
+            yield LabProcess(directory, lab_settings.load(directory / lab_settings.ENV_FILE))
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)  # it stops its agents and games first
+                try:
+                    await asyncio.wait_for(process.wait(), LAB_STOP_TIMEOUT)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+            shutil.rmtree(path, ignore_errors=True)
+
+
+async def _lab_ready(process: asyncio.subprocess.Process, log_path: Path) -> None:
+    assert process.stdout is not None
+    while True:
+        line = (await process.stdout.readline()).decode()
+        if not line:
+            log = await asyncio.to_thread(log_path.read_text)
+            raise RuntimeError(f"the lab exited before it was ready:\n{log[-2000:]}")
+        if line.startswith(LAB_READY):
+            return
+
+
 def add_pool_size(parser: argparse.ArgumentParser) -> None:
     """`--pool-size`: the in-process replica's database pool, by default the service's own."""
     parser.add_argument(
@@ -106,7 +174,7 @@ class Stand:
         settings: the replica's settings.
         url: the scratch database's URL.
         pool: a small pool on it for the benchmark's own reads (journal, counts).
-        lab: the lab.
+        lab: the lab (in this process, or in one of its own).
         http: a client session (no connection limit).
         warnings: the replica's (and the lab's) warnings so far.
         unavailable: 503 answers `call` retried.
@@ -117,7 +185,7 @@ class Stand:
     settings: config.Settings
     url: str
     pool: asyncpg.Pool
-    lab: world.Lab
+    lab: world.Lab | LabProcess
     http: aiohttp.ClientSession
     warnings: Warnings
     unavailable: int = 0
@@ -155,12 +223,19 @@ class Stand:
 
 
 @contextlib.asynccontextmanager
-async def in_process(**overrides: Any) -> AsyncIterator[Stand]:
-    """A scratch database, a lab and one replica in this process (`overrides`: settings fields)."""
+async def in_process(*, lab_apart: bool = False, **overrides: Any) -> AsyncIterator[Stand]:
+    """A scratch database, a lab and one replica in this process (`overrides`: settings fields).
+
+    The lab runs in this process too, unless `lab_apart`: then in a process of its own, which keeps
+    fakepve off the replica's interpreter lock (for latency), but puts the agents and games out of
+    this process's reach for CPU accounting (they are its grandchildren)."""
     warnings = Warnings()
     logging.getLogger().addHandler(warnings)  # also keeps logging's last-resort printer quiet
+    running: world.Lab | LabProcess
     try:
-        async with scratchdb.scratch("zlh_bench") as url, lab() as running:
+        async with contextlib.AsyncExitStack() as stack:
+            url = await stack.enter_async_context(scratchdb.scratch("zlh_bench"))
+            running = await stack.enter_async_context(lab_process() if lab_apart else lab())
             made = await replicas.prepare_database(running, url)
             values: dict[str, Any] = {"database_url": url, "port": replicas.free_port(), **overrides}
             settings = lab_settings.applied(running.settings, config.Settings(), **values)

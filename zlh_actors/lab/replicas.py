@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
@@ -55,8 +56,15 @@ def environment_for(lab: world.Lab, url: str, port: int, **extra: str) -> dict[s
     return env
 
 
+class _LabFiles(Protocol):
+    """Where a lab keeps its files: a `world.Lab`, or one running in a process of its own."""
+
+    @property
+    def directory(self) -> Path: ...
+
+
 async def prepare_database(
-    lab: world.Lab, url: str, tenants: tuple[str, ...] = ("alpha", "beta")
+    lab: _LabFiles, url: str, tenants: tuple[str, ...] = ("alpha", "beta")
 ) -> dict[str, str]:
     """Pin the lab's launchers and make a user token per tenant plus an admin token ("admin")."""
     conn = await database.connect(url)

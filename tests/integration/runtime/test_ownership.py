@@ -185,21 +185,29 @@ async def test_scale_up_rebalances_by_releasing_surplus(db_url: str) -> None:
             assert a.recorder.lost_shards == []
 
 
-async def test_fenced_write_with_an_old_epoch_is_refused(db_url: str, pool: asyncpg.Pool) -> None:
+@contextlib.asynccontextmanager
+async def leased_server(
+    db_url: str, pool: asyncpg.Pool, name: str
+) -> AsyncIterator[tuple[servers.Server, fencing.Lease]]:
+    """A new server, and the lease of its shard held by a live member."""
     async with database.transaction(pool) as conn:
         server = await servers.insert(
-            conn, tenant="acme", name="fenced", spec={}, state="requested", event="seed"
+            conn, tenant="acme", name=name, spec={}, state="requested", event="seed"
         )
     shard = shards.shard_of(server.id, FAST.shard_count)
     async with members(db_url, 1) as (a,):
         await until(lambda: shard in a.recorder.owned)
-        lease = fencing.Lease(shard=shard, epoch=a.recorder.owned[shard], owner=a.manager.replica_id)
+        yield server, fencing.Lease(shard=shard, epoch=a.recorder.owned[shard], owner=a.manager.replica_id)
+
+
+async def test_fenced_write_with_an_old_epoch_is_refused(db_url: str, pool: asyncpg.Pool) -> None:
+    async with leased_server(db_url, pool, "fenced") as (server, lease):
         counter = fencing.FenceCounter()
         async with fencing.transaction(pool, lease, counter) as conn:
             server = await servers.transition(
                 conn, server, "provisioning.cloning", "create", epoch=lease.epoch
             )
-        stale = fencing.Lease(shard=shard, epoch=lease.epoch - 1, owner=lease.owner)
+        stale = fencing.Lease(shard=lease.shard, epoch=lease.epoch - 1, owner=lease.owner)
         with pytest.raises(errors.OwnershipLost):
             async with fencing.transaction(pool, stale, counter) as conn:
                 await servers.transition(conn, server, "deleting.stopping_game", "delete", epoch=stale.epoch)
@@ -211,24 +219,17 @@ async def test_fenced_write_with_an_old_epoch_is_refused(db_url: str, pool: asyn
 async def test_the_fenced_server_read_checks_the_lease_first_and_holds_it(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
-    async with database.transaction(pool) as conn:
-        server = await servers.insert(
-            conn, tenant="acme", name="fenced-read", spec={}, state="requested", event="seed"
-        )
-    shard = shards.shard_of(server.id, FAST.shard_count)
-    async with members(db_url, 1) as (a,):
-        await until(lambda: shard in a.recorder.owned)
-        lease = fencing.Lease(shard=shard, epoch=a.recorder.owned[shard], owner=a.manager.replica_id)
+    async with leased_server(db_url, pool, "fenced-read") as (server, lease):
         counter = fencing.FenceCounter()
-        async with fencing.server_transaction(pool, lease, server.id, counter) as (conn, read):
+        async with fencing.server_transaction(pool, lease, server.id, counter) as (_conn, read):
             assert read == server
             # The lease row is share-locked until the write commits: a takeover cannot bump it.
             async with pool.acquire() as other:
                 taken = await other.fetchval(
-                    "SELECT shard FROM shard_leases WHERE shard = $1 FOR UPDATE SKIP LOCKED", shard
+                    "SELECT shard FROM shard_leases WHERE shard = $1 FOR UPDATE SKIP LOCKED", lease.shard
                 )
             assert taken is None
-        stale = fencing.Lease(shard=shard, epoch=lease.epoch - 1, owner=lease.owner)
+        stale = fencing.Lease(shard=lease.shard, epoch=lease.epoch - 1, owner=lease.owner)
         missing = uuid.uuid4()
         with pytest.raises(errors.OwnershipLost):  # the lease is checked before the server is looked for
             async with fencing.server_transaction(pool, stale, missing, counter):
