@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -88,7 +87,6 @@ class Tokens:
             probe_timeout=PROBE_INTERVAL * 5,
             backoff=RETRY,
         )
-        self._task: asyncio.Task[None] | None = None
         self.lookups = 0  # database lookups made (hits are not), for tests and benchmarks
 
     @property
@@ -154,16 +152,11 @@ class Tokens:
         self._forget()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listener.run(), name="token-revocations")
+        self._listener.start("token-revocations")
 
     async def stop(self) -> None:
         self._listening = False
-        self._listener.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.close()
 
 
 def _retrieve(done: asyncio.Future[Principal | None]) -> None:

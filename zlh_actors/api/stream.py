@@ -148,7 +148,6 @@ class Hub:
             probe_timeout=PROBE_INTERVAL * 5,
             backoff=RETRY,
         )
-        self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
     def __len__(self) -> int:
@@ -162,17 +161,12 @@ class Hub:
         # The head must be known before the first client subscribes: it is where "now" begins.
         async with self._pool.acquire() as conn:
             self.head = await journal.horizon(conn)
-        self._task = asyncio.create_task(self._listener.run(), name="stream-hub")
+        self._listener.start("stream-hub")
 
     async def stop(self) -> None:
         # The flags end the loops even if a library swallows the cancellation.
         self._stopping = True
-        self._listener.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._listener.close()
 
     def subscribe(self, scope: str | None) -> Subscriber:
         subscriber = Subscriber(scope, self.head, MAX_PENDING)

@@ -23,6 +23,7 @@ which replaces the periodic probe: it must call `probe` whenever it has been idl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -78,6 +79,7 @@ class Listener:
         self._probe_timeout = probe_timeout
         self._backoff = backoff
         self._conn: database.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.answered = 0.0  # monotonic time the connection last answered: connected, or probed
         self.reconnects = 0  # connections lost (or never made), each followed by a new attempt
@@ -126,6 +128,19 @@ class Listener:
         self._stopping = True
         if self._conn is not None:
             self._conn.terminate()
+
+    def start(self, task_name: str) -> None:
+        """`run` in a task of its own, for an owner that has no loop to run it in (`close` ends it)."""
+        self._task = asyncio.create_task(self.run(), name=task_name)
+
+    async def close(self) -> None:
+        """`stop`, and end the task `start` made: cancelled, in case it waits (its back-off, say)."""
+        self.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def _probing(self) -> None:
         while not self._stopping:
