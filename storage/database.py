@@ -105,7 +105,7 @@ def _json_text(value: object) -> str:
 # The array types the stores' batched statements take. asyncpg learns an array type's codec by
 # asking the server (one introspection query per statement that brings new ones, ~5-10 ms each) the
 # first time a connection meets it: four of them, in the middle of the first batch of creates on
-# every new connection. Preparing one statement that names them all at connect asks once, there.
+# every new pooled connection. Preparing one statement that names them all at connect asks once, there.
 _ARRAY_PARAMETERS = (
     "SELECT $1::uuid[], $2::jsonb[], $3::inet[], $4::bytea[], $5::timestamptz[], $6::int4[], $7::int8[]"
 )
@@ -115,7 +115,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb travels as Python objects; the stores never see JSON text. orjson: several times faster
     # than the standard library in both directions, and every command and report goes through it.
     await conn.set_type_codec("jsonb", encoder=_json_text, decoder=orjson.loads, schema="pg_catalog")
-    await conn.prepare(_ARRAY_PARAMETERS)
+
+
+async def _init_pooled(conn: asyncpg.Connection) -> None:
+    await _init_connection(conn)
+    await conn.prepare(_ARRAY_PARAMETERS)  # dedicated connections run none of the batched statements
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -136,7 +140,11 @@ async def connect(
 ) -> Connection:
     """One dedicated connection (for leases, LISTEN and migrations, which a pool would break)."""
     conn = await guarded(asyncpg.connect(url, timeout=timeout, server_settings=server_settings))
-    await _init_connection(conn)
+    try:
+        await guarded(_init_connection(conn))
+    except BaseException:
+        conn.terminate()  # failed or cancelled (its owner stopping) half-way: leave nothing open
+        raise
     return conn
 
 
@@ -155,7 +163,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
-            init=_init_connection,
+            init=_init_pooled,
             reset=_keep_session,
             server_settings=server_settings,
         )

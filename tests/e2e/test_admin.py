@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors import service
+
+MORE = 16  # servers at most, to have one on each of two replicas
 
 
 async def test_admin_endpoints_refuse_user_tokens(control: harness.Control) -> None:
@@ -30,15 +34,23 @@ async def test_actors_and_shards_are_gathered_from_every_replica(
             return sorted(owners) == [4, 4]
 
         await helpers.assert_eventually(balanced, timeout=15, message="shards never split 4/4")
-        created = [await control.create(f"watched-{n}", replica=n) for n in range(6)]
-        for server in created:
-            await control.wait_state(server["id"], "running")
-        status, body, _ = await control.call("GET", "/admin/v1/actors", who="admin")
-        assert status == 200, body
-        assert body["unreachable"] == []
-        by_id = {item["server_id"]: item for item in body["actors"]}
-        assert set(by_id) >= {server["id"] for server in created}
-        assert len({by_id[server["id"]]["replica"] for server in created}) == 2
+        # A server's shard follows from its random id: six land on one replica's four shards once in
+        # 32 runs, so they are created two at a time until each replica holds one (all MORE on one: 1 in
+        # 32,768).
+        created: list[dict[str, Any]] = []
+        replicas: set[str] = set()
+        while len(replicas) < 2 and len(created) < MORE:
+            batch = [await control.create(f"watched-{len(created) + n}", replica=n) for n in range(2)]
+            for server in batch:
+                await control.wait_state(server["id"], "running")
+            created += batch
+            status, body, _ = await control.call("GET", "/admin/v1/actors", who="admin")
+            assert status == 200, body
+            assert body["unreachable"] == []
+            by_id = {item["server_id"]: item for item in body["actors"]}
+            assert set(by_id) >= {server["id"] for server in created}
+            replicas = {by_id[server["id"]]["replica"] for server in created}
+        assert len(replicas) == 2
         for server in created:
             item = by_id[server["id"]]
             assert item["state"] == "running"
