@@ -25,8 +25,9 @@ with the agent's token, generation 1 and seq 1, exactly as `zlh_actors/agent/rep
 them; the path measured is the whole one: the POST's two statements (the token lookup, then the
 report and its command written by one statement), the wake-up of the owner's actor (directly, as
 the replica that took the callback owns every shard, without a notification), the actor applying
-the report and settling it `done` in one fenced transaction, the `zlh_journal` notification, the
-replica's hub reading the final entries and the WebSocket frame.
+the report and settling it `done` in one fenced transaction, the replica's announcement of the entry
+(its own hub woken directly, one coalesced `zlh_journal` NOTIFY for any other replica), the hub reading
+the final entries and the WebSocket frame.
 
 The load is open-loop: callback i is due at `start + i / rate`, each in a task of its own, so a slow
 answer never delays the next callback. A WebSocket client (tenant token) subscribed to `/v1/stream`
@@ -42,7 +43,8 @@ callback's HTTP round trip and its transactions); (2) a bare aiohttp WebSocket e
 seconds: what the client stack and the loaded machine cost with no control plane in the way.
 
 The ceilings, in the same run: the database's (`commit_rates`: PostgreSQL alone, plain commits and
-commits that NOTIFY, which it serializes; each callback makes `NOTIFYING_COMMITS` of them) and the
+commits that NOTIFY, which it serializes; each callback makes `COMMITS` plain ones, and shares the
+replica's announcements, at most one notifying commit in flight at a time) and the
 CPU's (`bench._cpu`: CPU time of the replica and of every PostgreSQL backend per delivered callback,
 and how much of the time each event loop wanted a core it spent waiting for one).
 
@@ -93,9 +95,10 @@ DRAIN_DEADLINE = 60.0  # seconds after the last callback for every event to arri
 POST_TIMEOUT = 60.0
 PROBE_SECONDS = 2.0
 PROBE_CONNECTIONS = 8
-# Commits that NOTIFY, per callback: the owner's state change (zlh_journal). The report's own
-# commit NOTIFYs nothing when it lands on the owner, as here, and nobody waits for its outcome.
-NOTIFYING_COMMITS = 1
+# Commits per callback: the report's insert and the owner's transaction that applies it. Neither
+# NOTIFYs: the report lands on its owner, as here, nobody waits for its outcome, and the owner's
+# replica announces the journal entry after the commit, coalesced (zlh_actors/runtime/announcer.py).
+COMMITS = 2
 CLIENT = "this client (and the lab)"
 
 
@@ -160,9 +163,10 @@ async def commit_rates(url: str) -> tuple[float, float]:
 
     PostgreSQL serializes the commits of transactions that NOTIFY (a cluster-wide lock held until
     the commit's WAL flush is done, so that notifications queue in commit order), while plain
-    commits share their flushes (group commit). On a disk whose flush takes milliseconds, the
-    notifying rate, divided by the notifying commits each callback needs, bounds the callbacks a
-    second this database can take, however fast the replica is.
+    commits share their flushes (group commit). The plain rate, divided by the commits each callback
+    needs, bounds the callbacks a second this database can take, however fast the replica is; the
+    notifying rate is what it would be if each callback's transaction NOTIFYed (as before the
+    announcer), since those commits cannot share a flush.
     """
     conns = [await database.connect(url) for _ in range(PROBE_CONNECTIONS)]
     try:
@@ -500,11 +504,10 @@ def report(args: argparse.Namespace, run: Run) -> bool:
     print(ratio("ratio event / POST answer", every, answer))
     print(f"  echo samples: {len(run.echo):,}; servers seeded in {run.seeded:.1f} s")
     plain, notifying = run.commits
-    commits = "commit" if NOTIFYING_COMMITS == 1 else "commits"
     print(
         f"  PostgreSQL alone, {PROBE_CONNECTIONS} connections: {plain:.0f} plain commits/s, {notifying:.0f} "
-        f"commits/s with a NOTIFY;\n  at {NOTIFYING_COMMITS} notifying {commits} per callback, at most "
-        f"{notifying / NOTIFYING_COMMITS:.0f} callbacks/s on this database"
+        f"commits/s with a NOTIFY;\n  at {COMMITS} plain commits per callback (none notifying), at most "
+        f"{plain / COMMITS:.0f} callbacks/s on this database"
     )
     delivered = max(run.stream.received, 1)
     print(

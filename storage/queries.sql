@@ -8,7 +8,7 @@ VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *;
 
 -- check_lease_and_get_server --
--- check_lease and get_server in one statement: always one row, lease_epoch NULL when the lease is not held, the server's columns NULL when it does not exist. $1 shard, $2 owner, $3 lease timeout (interval), $4 server id
+-- check_lease and get_server in one statement: always one row, lease_epoch NULL when the lease is not held, the server's columns NULL when it does not exist. $1 shard, $2 owner, $3 lease timeout (interval), $4 server id, $5 journal_notify for the transaction ('on'; 'off' when the caller announces its journal entries itself)
 SELECT lease.epoch AS lease_epoch, s.*
 FROM (
     SELECT (
@@ -18,6 +18,7 @@ FROM (
         FOR SHARE OF l
     ) AS epoch
 ) lease
+CROSS JOIN (SELECT set_config('zlh.journal_notify', $5, true)) AS journal_notify
 LEFT JOIN servers s ON s.id = $4;
 
 -- get_server --
@@ -242,8 +243,9 @@ RETURNING shard, epoch;
 UPDATE shard_leases SET owner = NULL, acquired_at = NULL WHERE shard = $1 AND owner = $2;
 
 -- check_lease --
--- The epoch of a shard's lease if the owner holds it and its heartbeat is fresh, locked against a takeover until commit. $1 shard, $2 owner, $3 lease timeout (interval)
+-- The epoch of a shard's lease if the owner holds it and its heartbeat is fresh, locked against a takeover until commit. $1 shard, $2 owner, $3 lease timeout (interval), $4 journal_notify for the transaction ('on'; 'off' when the caller announces its journal entries itself: migration 0008)
 SELECT l.epoch FROM shard_leases l
+CROSS JOIN (SELECT set_config('zlh.journal_notify', $4, true)) AS journal_notify
 WHERE l.shard = $1 AND l.owner = $2
   AND EXISTS (SELECT 1 FROM replicas r WHERE r.id = $2 AND r.heartbeat_at > now() - $3::interval)
 FOR SHARE OF l;

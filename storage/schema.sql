@@ -396,16 +396,20 @@ CREATE TRIGGER journal_order BEFORE INSERT ON journal
     FOR EACH ROW EXECUTE FUNCTION journal_assign_order();
 
 -- Delivered at commit, never for a rolled-back entry. Listeners treat it as a wake-up and re-read
--- the journal: the payload is for people reading the channel, not for ordering.
+-- the journal: the payload is for people reading the channel, not for ordering. A transaction that
+-- sets `zlh.journal_notify` to `off` announces its entries itself, after its commit (0008: an actor's
+-- replica, coalesced, zlh_actors/runtime/announcer.py); the trigger stays quiet for it.
 CREATE FUNCTION journal_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('zlh_journal', json_build_object(
-        'position', NEW.position,
-        'txid', NEW.txid::text,
-        'server_id', NEW.server_id,
-        'tenant', (SELECT tenant FROM servers WHERE id = NEW.server_id)
-    )::text);
+    IF current_setting('zlh.journal_notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('zlh_journal', json_build_object(
+            'position', NEW.position,
+            'txid', NEW.txid::text,
+            'server_id', NEW.server_id,
+            'tenant', (SELECT tenant FROM servers WHERE id = NEW.server_id)
+        )::text);
+    END IF;
     RETURN NULL;
 END;
 $$;

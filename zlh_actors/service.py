@@ -24,7 +24,7 @@ from zlh_actors.proxmox import driver as pve_driver
 from zlh_actors.proxmox import instrumented
 from zlh_actors.proxmox import settings as pve_settings
 from zlh_actors.reconciler import loop as reconciler_loop
-from zlh_actors.runtime import ownership, replica
+from zlh_actors.runtime import announcer, ownership, replica
 from zlh_actors.servers import actor, agent_client, create, provisioning
 from zlh_actors.servers import replica as server_replica
 
@@ -123,6 +123,8 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             server_settings=ownership.session_settings(f"{ownership.POOL_APP}{replica_id}", leases),
         )
         stack.push_async_callback(pool.close)
+        announcements = announcer.Announcer(pool, replica_id)
+        stack.push_async_callback(announcements.close)
         counters = metrics.Metrics()
         real_driver = pve_driver.ProxmoxerDriver(proxmox_settings(settings))
         stack.push_async_callback(real_driver.close)
@@ -141,6 +143,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             http_host=None if settings.host in ("0.0.0.0", "::") else settings.host,
             replica_id=replica_id,
             counters=counters,
+            announce=announcements.announce,
         )
         observe(counters, built)
         reconciler = reconciler_loop.Reconciler(
@@ -171,6 +174,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                     url,
                     pool,
                     server_settings=ownership.session_settings(f"{stream.LISTEN_APP}{replica_id}", leases),
+                    announcements=announcements,
                 ),
                 tokens=auth.Tokens(
                     url, server_settings=ownership.session_settings(f"{auth.LISTEN_APP}{replica_id}", leases)

@@ -380,6 +380,37 @@ async def test_events_written_through_one_replica_reach_clients_of_another(
     assert [(e["seq"], e["to"]) for e in events if e["server_id"] == created["id"]] == [(1, "requested")]
 
 
+async def test_an_actors_entries_reach_clients_of_its_replica_and_of_another_without_the_idle_read(
+    control: harness.Control, lab: world.Lab, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The owner announces its actor's entries (the trigger stays quiet for them): its own hub is woken
+    # directly, the other replica's by the announcer's NOTIFY. With the idle read pushed out of the
+    # test, a client of either replica sees the server reach `running` only through one of the two.
+    monkeypatch.setattr(stream, "PROBE_INTERVAL", 600.0)
+    other = harness.settings_for(lab, db_url)
+    async with (
+        service.running(other, db_url) as replica_b,
+        connect(control, "alpha") as on_a,
+        connect(control, "alpha", base=f"http://127.0.0.1:{other.port}") as on_b,
+    ):
+        await settled(control.pool, replica_b)
+        await on_a.hello()
+        await on_b.hello()
+        created = await control.create("announced", replica=0)
+
+        def up(event: Event) -> bool:
+            return bool(event["server_id"] == created["id"] and event["to"] == "running")
+
+        seen = [await client.events_until(up) for client in (on_a, on_b)]
+    status, body, _ = await control.call("GET", f"/v1/servers/{created['id']}/events")
+    assert status == 200
+    journaled = [(e["seq"], e["to"]) for e in body["items"]]
+    assert journaled[-1][1] == "running"
+    assert len(journaled) > 2
+    for events in seen:
+        assert [(e["seq"], e["to"]) for e in events if e["server_id"] == created["id"]] == journaled
+
+
 async def test_a_consumer_that_does_not_read_is_closed_as_too_slow(
     control: harness.Control, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,9 +16,13 @@ is UNLISTENed on release). A notification is only a wake-up: the hub re-reads th
 own head, never taking entries from the payload, and hands the final entries, serialized once, to
 every subscriber. The payload's cursor only spares a read: an entry at or before the head was final
 when the head passed it, hence visible and sent, and under load most notifications arrive after the
-read that sent their entry. Notifications sent while the connection is down are lost, so after
-every (re)connect the hub re-reads from its head; nothing else is needed, because entries are read,
-not received.
+read that sent their entry. The actors' entries are not NOTIFYed one by one: their replica announces
+them after the commit (`runtime.announcer`), waking its own hub directly and the others with one
+coalesced NOTIFY, which names the sender so that its own hub skips it. Notifications sent while the
+connection is down are lost, so after every (re)connect the hub re-reads from its head; and an
+announcement that never came (its replica died before sending it) is caught by the read the hub
+does whenever it has been idle for `PROBE_INTERVAL`. Nothing else is needed, because entries are
+read, not received.
 
 A client. The handler subscribes first and then sends from its own cursor: each batch from the hub
 says which part of the order it covers (`prev`, `head`]; if the client's cursor is behind `prev` (it
@@ -52,13 +56,12 @@ from aiohttp import web
 from storage import database, journal, tokens
 from zlh_actors import errors
 from zlh_actors.api import auth, keys
-from zlh_actors.runtime import listener
+from zlh_actors.runtime import announcer, listener
 from zlh_actors.servers import views
 
 log = logging.getLogger(__name__)
 
 PATH = "/v1/stream"
-CHANNEL = "zlh_journal"
 LISTEN_APP = "zlh-stream:"
 
 # Module constants rather than settings; read when a client connects, so tests may patch them.
@@ -73,7 +76,7 @@ SEND_BUFFER = 128 * 1024  # bytes of kernel send buffer per client (see `_bound_
 PAGE = 500  # entries per journal read
 
 HELD_POLL = (0.01, 0.5)  # seconds: first and longest wait before re-reading held entries
-PROBE_INTERVAL = 1.0  # seconds idle before the LISTEN connection is probed
+PROBE_INTERVAL = 1.0  # seconds idle before the LISTEN connection is probed and the journal read
 RETRY = (0.2, 5.0)  # seconds: first and longest wait before reconnecting
 
 UNAUTHORIZED = 4401
@@ -132,16 +135,26 @@ def _state_event(entry: journal.Entry) -> str:
 class Hub:
     """This replica's follower of the journal, fanning final entries out to subscribers."""
 
-    def __init__(self, url: str, pool: asyncpg.Pool, *, server_settings: dict[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool: asyncpg.Pool,
+        *,
+        server_settings: dict[str, str],
+        announcements: announcer.Announcer | None = None,
+    ) -> None:
         self.head = journal.ORIGIN
         self._pool = pool
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
+        self._replica_id = None if announcements is None else announcements.replica_id
+        if announcements is not None:
+            announcements.on_local(self._wake.set)
         self._listener = listener.Listener(
             url,
             name="stream hub",
             server_settings=server_settings,
-            channels={CHANNEL: self._notified},
+            channels={announcer.CHANNEL: self._notified},
             on_connect=self._connected,
             serve=self._follow,  # waits for work, probing when idle; a failed read also reconnects
             probe_interval=PROBE_INTERVAL,
@@ -177,7 +190,8 @@ class Hub:
         self._subscribers.discard(subscriber)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        if not self._sent(payload):
+        own = self._replica_id is not None and announcer.sender(str(payload)) == self._replica_id
+        if not own and not self._sent(payload):
             self._wake.set()
 
     def _sent(self, payload: object) -> bool:
@@ -198,7 +212,8 @@ class Hub:
         self._wake.set()  # entries committed while nobody listened: read from the head
 
     async def _follow(self) -> None:
-        """While connected: read after each wake-up, re-read held entries shortly, probe when idle."""
+        """While connected: read after each wake-up, re-read held entries shortly, and when idle
+        probe the connection and read (a peer's announcement may never have come)."""
         held, wait = False, HELD_POLL[0]
         while not self._stopping:
             try:
@@ -207,7 +222,6 @@ class Hub:
             except TimeoutError:
                 if not held:
                     await self._listener.probe()
-                    continue
             self._wake.clear()
             held = await self._read()
             wait = min(wait * 2, HELD_POLL[1]) if held else HELD_POLL[0]

@@ -24,7 +24,8 @@ the server is still the row the reconciler observed (same version), as the chart
 it, each journaled with the reason.
 
 Every write is fenced by the shard lease (`fencing.transaction`): if another replica took the shard,
-the write raises `OwnershipLost` and the actor stops without retrying.
+the write raises `OwnershipLost` and the actor stops without retrying. Given `announce`, each
+committed write calls it, and its journal entries are not NOTIFYed at commit (`runtime.announcer`).
 """
 
 from __future__ import annotations
@@ -125,30 +126,45 @@ class Owner(Protocol):
 
 
 class _FencedWrites:
-    def __init__(self, pool: asyncpg.Pool, lease: fencing.Lease, counter: fencing.FenceCounter) -> None:
-        self._pool, self._lease, self._counter = pool, lease, counter
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        lease: fencing.Lease,
+        counter: fencing.FenceCounter,
+        announce: fencing.Announce | None,
+    ) -> None:
+        self._pool, self._lease, self._counter, self._announce = pool, lease, counter, announce
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
-        return fencing.transaction(self._pool, self._lease, self._counter)
+        return fencing.transaction(self._pool, self._lease, self._counter, announce=self._announce)
 
     def server(
         self, server_id: uuid.UUID
     ) -> contextlib.AbstractAsyncContextManager[tuple[database.Conn, servers.Server]]:
         """A fenced transaction and the server as read in it."""
-        return fencing.server_transaction(self._pool, self._lease, server_id, self._counter)
+        return fencing.server_transaction(
+            self._pool, self._lease, server_id, self._counter, announce=self._announce
+        )
 
 
 class ServerHandler:
     """Handles wake-ups for servers owned by this replica (`bind` it to the replica first)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, work: effects.Effects, counters: metrics.Metrics | None = None
+        self,
+        pool: asyncpg.Pool,
+        work: effects.Effects,
+        counters: metrics.Metrics | None = None,
+        *,
+        announce: fencing.Announce | None = None,
     ) -> None:
         self._metrics = counters or metrics.Metrics()
         self._metrics.describe("zlh_commands_total", "commands settled by this replica, by kind and outcome")
         self._metrics.describe("zlh_transitions_total", "state transitions written by this replica, by event")
         self._pool = pool
         self._work = work
+        # Called after each committed write (its journal entries are then not NOTIFYed at commit).
+        self._announce = announce
         self._owner: Owner | None = None
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
 
@@ -175,7 +191,7 @@ class ServerHandler:
         return self._owner
 
     def _writes(self, lease: fencing.Lease) -> _FencedWrites:
-        return _FencedWrites(self._pool, lease, self.owner.fence)
+        return _FencedWrites(self._pool, lease, self.owner.fence, self._announce)
 
     async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
         lease = self.owner.lease_for(server_id)

@@ -14,12 +14,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest
 
-from storage import database, servers
+from storage import database, journal, servers
 from tests import helpers
 from zlh_actors import errors
-from zlh_actors.runtime import fencing, ownership, shards
+from zlh_actors.runtime import announcer, fencing, ownership, shards
 
 FAST = ownership.LeaseSettings(shard_count=8, heartbeat_interval=0.05, lease_timeout=0.6, drain_timeout=1)
 
@@ -239,6 +240,52 @@ async def test_the_fenced_server_read_checks_the_lease_first_and_holds_it(
             async with fencing.server_transaction(pool, lease, missing, counter):
                 pass
         assert counter.rejected == 1
+
+
+async def test_a_fenced_write_given_announce_calls_it_after_commit_and_the_trigger_stays_quiet(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    async with leased_server(db_url, pool, "announced") as (server, lease), _listening(db_url) as heard:
+        calls: list[int] = []
+
+        def announce() -> None:
+            calls.append(len(calls) + 1)
+
+        async def rolled_back() -> None:
+            async with fencing.transaction(pool, lease, announce=announce) as conn:
+                await servers.transition(conn, server, "provisioning.cloning", "create", epoch=lease.epoch)
+                raise errors.Transient("the step failed")
+
+        with pytest.raises(errors.Transient):
+            await rolled_back()
+        assert calls == []  # nothing committed, nothing to announce
+        async with fencing.server_transaction(pool, lease, server.id, announce=announce) as (conn, read):
+            server = await servers.transition(conn, read, "provisioning.cloning", "create", epoch=lease.epoch)
+            assert calls == []  # not before the commit
+        assert calls == [1]
+        # Without `announce` the trigger NOTIFYs; notifications arrive in commit order, so had the
+        # announced entry been NOTIFYed too, its notification would be heard first.
+        async with fencing.transaction(pool, lease) as conn:
+            server = await servers.transition(conn, server, "failed.provisioning", "fail", epoch=lease.epoch)
+        async with asyncio.timeout(10):
+            while not heard.payloads:
+                heard.changed.clear()
+                await heard.changed.wait()
+        assert [orjson.loads(p)["server_id"] for p in heard.payloads] == [str(server.id)]
+        assert len(heard.payloads) == 1, heard.payloads
+        async with pool.acquire() as conn:
+            assert [e.seq for e in await journal.entries(conn, server.id)] == [1, 2, 3]
+
+
+@contextlib.asynccontextmanager
+async def _listening(db_url: str) -> AsyncIterator[helpers.Heard]:
+    conn = await database.connect(db_url)
+    heard = helpers.Heard()
+    try:
+        await conn.add_listener(announcer.CHANNEL, heard)
+        yield heard
+    finally:
+        await conn.close()
 
 
 async def test_a_direct_connection_is_not_mistaken_for_pooling(db_url: str) -> None:
