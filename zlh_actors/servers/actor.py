@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import logging
 import uuid
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -48,6 +50,8 @@ from zlh_actors.runtime import fencing
 from zlh_actors.servers import effects
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Command kind -> chart event.
 COMMAND_EVENTS = {
@@ -125,26 +129,60 @@ class Owner(Protocol):
         """Wake the server's actor (if still ours)."""
 
 
+# What the fenced transaction running in this task has counted: added to the metrics only once it
+# has committed, so a write that rolled back is not counted. None outside such a transaction.
+_uncommitted: contextvars.ContextVar[list[tuple[str, dict[str, str]]] | None] = contextvars.ContextVar(
+    "zlh_uncommitted_counts", default=None
+)
+
+
+def _count(counters: metrics.Metrics, name: str, **labels: str) -> None:
+    """Count a write: now, or when the fenced transaction it belongs to commits."""
+    pending = _uncommitted.get()
+    if pending is None:
+        counters.inc(name, 1, **labels)
+    else:
+        pending.append((name, labels))
+
+
 class _FencedWrites:
     def __init__(
         self,
         pool: asyncpg.Pool,
         lease: fencing.Lease,
         counter: fencing.FenceCounter,
-        announce: fencing.Announce | None,
+        counters: metrics.Metrics,
+        announce: fencing.Announce | None = None,
     ) -> None:
-        self._pool, self._lease, self._counter, self._announce = pool, lease, counter, announce
+        self._pool, self._lease, self._counter = pool, lease, counter
+        self._metrics, self._announce = counters, announce
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
-        return fencing.transaction(self._pool, self._lease, self._counter, announce=self._announce)
+        return self._counting(
+            fencing.transaction(self._pool, self._lease, self._counter, announce=self._announce)
+        )
 
     def server(
         self, server_id: uuid.UUID
     ) -> contextlib.AbstractAsyncContextManager[tuple[database.Conn, servers.Server]]:
         """A fenced transaction and the server as read in it."""
-        return fencing.server_transaction(
-            self._pool, self._lease, server_id, self._counter, announce=self._announce
+        return self._counting(
+            fencing.server_transaction(
+                self._pool, self._lease, server_id, self._counter, announce=self._announce
+            )
         )
+
+    @contextlib.asynccontextmanager
+    async def _counting(self, writes: contextlib.AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+        counts: list[tuple[str, dict[str, str]]] = []
+        token = _uncommitted.set(counts)
+        try:
+            async with writes as value:
+                yield value
+        finally:
+            _uncommitted.reset(token)
+        for name, labels in counts:  # reached only once the transaction has committed
+            self._metrics.inc(name, 1, **labels)
 
 
 class ServerHandler:
@@ -172,14 +210,14 @@ class ServerHandler:
         self, conn: database.Conn, command: commands.Command, status: str, result: Any
     ) -> commands.Command:
         settled = await commands.settle(conn, command, status, result)
-        self._metrics.inc("zlh_commands_total", kind=command.kind, outcome=status)
+        _count(self._metrics, "zlh_commands_total", kind=command.kind, outcome=status)
         return settled
 
     async def _transition(
         self, conn: database.Conn, server: servers.Server, to_state: str, event: str, **kwargs: Any
     ) -> servers.Server:
         moved = await servers.transition(conn, server, to_state, event, **kwargs)
-        self._metrics.inc("zlh_transitions_total", event=event)
+        _count(self._metrics, "zlh_transitions_total", event=event)
         return moved
 
     def bind(self, owner: Owner) -> None:
@@ -191,7 +229,7 @@ class ServerHandler:
         return self._owner
 
     def _writes(self, lease: fencing.Lease) -> _FencedWrites:
-        return _FencedWrites(self._pool, lease, self.owner.fence, self._announce)
+        return _FencedWrites(self._pool, lease, self.owner.fence, self._metrics, self._announce)
 
     async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
         lease = self.owner.lease_for(server_id)

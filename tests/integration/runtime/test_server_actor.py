@@ -12,9 +12,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 
 from storage import commands, database, servers
 from tests import helpers
+from zlh_actors import metrics
 from zlh_actors.runtime import actors, ownership, replica
 from zlh_actors.servers import actor, effects
 from zlh_actors.servers import replica as server_replica
@@ -147,3 +149,27 @@ async def test_pending_work_resumes_when_a_replica_takes_the_shard(db_url: str, 
     # No replica was running when the command arrived: the one that starts finds it by scanning.
     async with running(db_url, pool, Scripted()):
         await helpers.assert_eventually(lambda: _is(pool, server_id, "running"), timeout=10)
+
+
+async def test_an_actors_writes_are_counted_only_once_their_transaction_commits(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    counters = metrics.Metrics()
+    async with running(db_url, pool, Scripted()) as built:
+        server_id = await new_server(pool, "counted")
+        writes = actor._FencedWrites(pool, built.lease_for(server_id), built.fence, counters)
+
+        async def rolled_back() -> None:
+            async with writes.server(server_id):
+                actor._count(counters, "zlh_transitions_total", event="create")
+                raise RuntimeError("a later statement failed")
+
+        with pytest.raises(RuntimeError):
+            await rolled_back()
+        assert counters.value("zlh_transitions_total", event="create") == 0
+        async with writes.transaction():
+            actor._count(counters, "zlh_transitions_total", event="create")
+            assert counters.value("zlh_transitions_total", event="create") == 0  # not before the commit
+        assert counters.value("zlh_transitions_total", event="create") == 1
+    actor._count(counters, "zlh_transitions_total", event="create")  # outside a transaction: at once
+    assert counters.value("zlh_transitions_total", event="create") == 2
