@@ -78,10 +78,8 @@ async def reserve_vmid(conn: database.Conn, vmid: int, server_id: uuid.UUID) -> 
 
 async def allocate_vmid(conn: database.Conn, server_id: uuid.UUID, low: int, high: int) -> VmidAllocation:
     """Reserve the lowest free VMID in [low, high] for the server (call under `lock`)."""
-    vmid = await queries.fetchval(conn, "free_vmid", low, high)
-    if vmid is None:
-        raise errors.CapacityExhausted("no free VMID in the configured range", low=low, high=high)
-    return await reserve_vmid(conn, vmid, server_id)
+    [allocation] = await allocate_vmids(conn, [server_id], low, high)
+    return allocation
 
 
 async def mark_vmid_foreign(conn: database.Conn, vmid: int) -> VmidAllocation:
@@ -125,22 +123,16 @@ async def allocate_ip(
     exclude: list[ipaddress.IPv4Address],
 ) -> IpAllocation:
     """Reserve the lowest free host address of `network` (never `exclude`, e.g. the gateway)."""
-    first = network.network_address + 1
-    candidates = max(network.num_addresses - 2, 1)
-    ip = await queries.fetchval(conn, "free_ip", first, candidates, exclude)
-    if ip is None:
-        raise errors.CapacityExhausted("no free IP address in the configured subnet", subnet=str(network))
-    return await reserve_ip(conn, str(ip), server_id)
+    [allocation] = await allocate_ips(conn, [server_id], network, exclude)
+    return allocation
 
 
 async def allocate_port(
     conn: database.Conn, server_id: uuid.UUID, node: str, low: int, high: int
 ) -> PortAllocation:
     """Reserve the lowest free game port in [low, high] on the node."""
-    port = await queries.fetchval(conn, "free_port", node, low, high)
-    if port is None:
-        raise errors.CapacityExhausted("no free game port on the node", node=node, low=low, high=high)
-    return await reserve_port(conn, node, port, server_id)
+    [allocation] = await allocate_ports(conn, [server_id], [node], low, high)
+    return allocation
 
 
 async def allocate_vmids(
@@ -148,8 +140,8 @@ async def allocate_vmids(
 ) -> list[VmidAllocation]:
     """Reserve the lowest free VMIDs in [low, high], one per server in order (call under `lock`).
 
-    The same VMIDs as `allocate_vmid` once per server, in one statement; all or nothing
-    (`CapacityExhausted` when the range has too few)."""
+    One statement for the whole batch; all or nothing (`CapacityExhausted` when the range has too
+    few)."""
     rows = await queries.fetch(conn, "reserve_free_vmids", low, high, server_ids)
     if len(rows) < len(server_ids):
         raise errors.CapacityExhausted("no free VMID in the configured range", low=low, high=high)
@@ -162,7 +154,7 @@ async def allocate_ips(
     network: ipaddress.IPv4Network,
     exclude: list[ipaddress.IPv4Address],
 ) -> list[IpAllocation]:
-    """Reserve the lowest free host addresses of `network`, one per server in order (as `allocate_ip`)."""
+    """Reserve the lowest free host addresses of `network` (never `exclude`), one per server in order."""
     first = network.network_address + 1
     candidates = max(network.num_addresses - 2, 1)
     rows = await queries.fetch(conn, "reserve_free_ips", first, candidates, exclude, server_ids)
@@ -174,8 +166,8 @@ async def allocate_ips(
 async def allocate_ports(
     conn: database.Conn, server_ids: list[uuid.UUID], nodes: list[str], low: int, high: int
 ) -> list[PortAllocation]:
-    """Reserve the lowest free game ports in [low, high], one per server on its node (as
-    `allocate_port`); one statement per node. `CapacityExhausted` when a node has too few, after
+    """Reserve the lowest free game ports in [low, high], one per server on its node; one statement
+    per node. `CapacityExhausted` when a node has too few, after
     which the caller must roll back: the nodes before it have their reservations."""
     by_node: dict[str, list[uuid.UUID]] = {}
     for server_id, node in zip(server_ids, nodes, strict=True):

@@ -83,18 +83,6 @@ INSERT INTO vmid_allocations (vmid, server_id, status) VALUES ($1, $2, 'reserved
 -- Record a VMID found in Proxmox that is not ours, so it is never allocated. $1 vmid
 INSERT INTO vmid_allocations (vmid, server_id, status) VALUES ($1, NULL, 'foreign') RETURNING *;
 
--- free_vmid --
--- The lowest VMID in a range with no live allocation, or NULL. $1 low, $2 high
--- The lowest free value is the range's first or one past a live one, so only those are tried: the
--- cost follows the allocations, not the size of the range (a sorted series of 10,000 took ~10 ms).
-SELECT min(candidate) FROM (
-    SELECT $1::integer AS candidate
-    UNION ALL
-    SELECT vmid + 1 FROM vmid_allocations WHERE status <> 'released' AND vmid >= $1 AND vmid < $2
-) AS c
-WHERE candidate <= $2
-  AND NOT EXISTS (SELECT 1 FROM vmid_allocations WHERE vmid = candidate AND status <> 'released');
-
 -- reserve_ip --
 -- Record a live reservation of an IP address for a server. $1 ip, $2 server_id
 INSERT INTO ip_allocations (ip, server_id, status) VALUES ($1, $2, 'reserved') RETURNING *;
@@ -134,6 +122,19 @@ UPDATE idempotency_keys
 SET server_id = $3, response_status = $4, response_body = $5
 WHERE tenant = $1 AND key = $2 AND response_status IS NULL
 RETURNING *;
+
+-- prune_settled_commands --
+-- Forget at most $2 commands settled (done or rejected) longer ago than $1, skipping any another replica is forgetting at the same time; returns how many. $1 age (interval), $2 limit
+WITH gone AS (
+    DELETE FROM commands WHERE id IN (
+        SELECT id FROM commands
+        WHERE status IN ('done', 'rejected') AND updated_at < now() - $1::interval
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
 
 -- delete_expired_idempotency_keys --
 -- Forget keys whose expiry has passed; returns how many. $1 now
@@ -296,35 +297,6 @@ RETURNING *;
 -- lock_allocations --
 -- Serialize allocation among concurrent creates until the transaction ends. $1 lock key
 SELECT pg_advisory_xact_lock($1::bigint);
-
--- free_ip --
--- The lowest host address of a subnet (skipping the given ones) with no live allocation, or NULL. $1 first address (inet), $2 number of candidates, $3 excluded addresses (inet[])
--- As free_vmid: the first address, or one past a live or excluded one (a /16 as a sorted series
--- took ~40 ms, inside the allocation lock every create holds).
-SELECT min(candidate) AS ip FROM (
-    SELECT $1::inet AS candidate
-    UNION ALL
-    SELECT ip + 1 FROM ip_allocations
-    WHERE status <> 'released' AND ip >= $1::inet AND ip < $1::inet + ($2::bigint - 1)
-    UNION ALL
-    SELECT x + 1 FROM unnest($3::inet[]) AS x WHERE x >= $1::inet AND x < $1::inet + ($2::bigint - 1)
-) AS c
-WHERE NOT (candidate = ANY ($3::inet[]))
-  AND NOT EXISTS (SELECT 1 FROM ip_allocations WHERE ip = candidate AND status <> 'released');
-
--- free_port --
--- The lowest port of a range with no live allocation on the node, or NULL. $1 node, $2 low, $3 high
--- As free_vmid: the range's first port, or one past a live one on the node.
-SELECT min(candidate) FROM (
-    SELECT $2::integer AS candidate
-    UNION ALL
-    SELECT port + 1 FROM port_allocations
-    WHERE node = $1 AND status <> 'released' AND port >= $2 AND port < $3
-) AS c
-WHERE candidate <= $3
-  AND NOT EXISTS (
-    SELECT 1 FROM port_allocations WHERE node = $1 AND port = candidate AND status <> 'released'
-  );
 
 -- vmid_to_foreign --
 -- Hand a server's live VMID over to 'foreign' (Proxmox holds it for someone else). $1 server_id, $2 vmid
