@@ -80,3 +80,10 @@ async def settle(conn: database.Conn, command: Command, status: str, result: Any
             expected_status=command.status,
         )
     return database.row(Command, record)
+
+
+async def forget_settled(conn: database.Conn, older_than: datetime.timedelta, limit: int) -> int:
+    """Delete at most `limit` commands settled (done or rejected) more than `older_than` ago, skipping
+    rows another transaction is deleting; return how many. Pending commands are never deleted."""
+    count: int = await queries.fetchval(conn, "prune_settled_commands", older_than, limit)
+    return count

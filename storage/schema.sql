@@ -243,6 +243,10 @@ CREATE TABLE commands (
 
 CREATE INDEX commands_pending ON commands (server_id, position) WHERE status IN ('queued', 'accepted');
 
+-- Settled commands by age, for pruning (0009_retention, storage/retention.py): every agent report is
+-- a command, so the inbox would otherwise only grow.
+CREATE INDEX commands_settled ON commands (updated_at) WHERE status IN ('done', 'rejected');
+
 -- A command's status only moves forward: queued -> accepted | rejected, accepted -> done. A report
 -- asks for nothing to converge to, so the transaction that applies it may settle it queued -> done
 -- (0006_command_notify).

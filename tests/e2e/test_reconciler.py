@@ -11,6 +11,7 @@ recorded in its report.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,7 @@ from tests.e2e import harness
 from zlh_actors import service
 from zlh_actors.lab import replicas, world
 from zlh_actors.proxmox import marks
-from zlh_actors.reconciler import reports
+from zlh_actors.reconciler import reports, retention
 
 GRACE = 1.0
 
@@ -347,3 +348,25 @@ async def test_a_stale_agent_never_changes_state(plane: Plane) -> None:
         )
         == commands
     )
+
+
+async def test_a_pass_forgets_commands_settled_a_week_ago(plane: Plane) -> None:
+    control, svc = plane
+    server = await running_server(control, "forgetful")
+    create = await control.pool.fetchval(
+        "SELECT id FROM commands WHERE server_id = $1 AND kind = 'create'", uuid.UUID(server["id"])
+    )
+    path = f"/v1/servers/{server['id']}/commands/{create}"
+    assert (await control.call("GET", path))[0] == 200
+    async with database.transaction(control.pool) as conn:  # a week and a second ago
+        await conn.execute("SET LOCAL session_replication_role = replica")  # past the status trigger
+        await conn.execute(
+            "UPDATE commands SET updated_at = now() - $2::interval WHERE id = $1",
+            create,
+            retention.KEEP_SETTLED + datetime.timedelta(seconds=1),
+        )
+    await svc.reconciler.run_now()
+    assert (await control.call("GET", path))[0] == 404
+    status, events, _ = await control.call("GET", f"/v1/servers/{server['id']}/events")
+    assert status == 200
+    assert str(create) in {e["command_id"] for e in events["items"]}  # its effect stays in the journal

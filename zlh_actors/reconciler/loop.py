@@ -23,7 +23,8 @@ the shards the replica owns when it starts, and reads in this order:
   the mark if somebody allocated the VMID meanwhile.
 
 Every pass stores a report (`reports`). A pass that cannot observe (Proxmox or the database
-unreachable) stores its error and acts on nothing; the next pass tries again.
+unreachable) stores its error and acts on nothing; the next pass tries again. After it, the replica
+forgets old settled commands and expired idempotency keys (`retention`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from storage import allocations, commands, database, queries
 from zlh_actors import errors
 from zlh_actors.proxmox import errors as pve_errors
 from zlh_actors.proxmox import protocol
-from zlh_actors.reconciler import drift, repairs, reports
+from zlh_actors.reconciler import drift, repairs, reports, retention
 from zlh_actors.runtime import fencing, ownership, shards
 from zlh_actors.servers import agent_client
 
@@ -205,8 +206,22 @@ class Reconciler:
                 log.warning("could not store the reconciliation report: %s", exc)
             if entries:
                 log.info("reconciliation found %s", report.by_kind())
+            await self._prune()
             self._latest = report
             return report
+
+    async def _prune(self) -> None:
+        try:
+            pruned = await retention.prune(self._pool)
+        except errors.ZlhError as exc:
+            log.warning("could not forget old commands and expired idempotency keys: %s", exc)
+            return
+        if pruned.commands or pruned.idempotency_keys:
+            log.info(
+                "forgot %d settled commands and %d expired idempotency keys",
+                pruned.commands,
+                pruned.idempotency_keys,
+            )
 
     async def _observe(self, owned: list[int]) -> _World:
         count = self._owner.settings.shard_count
