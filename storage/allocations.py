@@ -3,10 +3,10 @@
 A resource has at most one live allocation at a time (unique partial indexes on every status but
 'released'), and a server holds at most one reserved or in-use allocation of each kind. Allocation
 happens only through this module, under the allocation lock (`lock`): in the transaction that records
-the server (or a batch of servers: the `allocate_*s` forms give each what the one-server forms would,
-in order), and when a server needs new ones (its VMID turned out to be a stranger's, or it is
-re-provisioned as a new generation). Should two transactions still pick the same free id, they
-collide on the index and the loser gets a typed `Conflict`.
+the server (or a batch of servers: the `allocate_*s` forms give each server, in order, the lowest free
+value left; a one-server form is a batch of one), and when a server needs new ones (its VMID turned
+out to be a stranger's, or it is re-provisioned as a new generation). Should two transactions still
+pick the same free id, they collide on the index and the loser gets a typed `Conflict`.
 
 Statuses: reserved (allocated, container not yet confirmed), in_use, releasing (the container is
 being destroyed), released (history), foreign (found in Proxmox, not ours: never allocated).

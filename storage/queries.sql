@@ -125,13 +125,15 @@ RETURNING *;
 
 -- prune_settled_commands --
 -- Forget at most $2 commands settled (done or rejected) longer ago than $1, skipping any another replica is forgetting at the same time; returns how many. $1 age (interval), $2 limit
+-- ARRAY(...) runs the subquery once, through commands_settled, and deletes by primary key (an IN
+-- could be planned as a join that scans the table, and re-run its LIMIT).
 WITH gone AS (
-    DELETE FROM commands WHERE id IN (
+    DELETE FROM commands WHERE id = ANY (ARRAY(
         SELECT id FROM commands
         WHERE status IN ('done', 'rejected') AND updated_at < now() - $1::interval
         LIMIT $2
         FOR UPDATE SKIP LOCKED
-    )
+    ))
     RETURNING 1
 )
 SELECT count(*) FROM gone;

@@ -243,7 +243,7 @@ CREATE TABLE commands (
 
 CREATE INDEX commands_pending ON commands (server_id, position) WHERE status IN ('queued', 'accepted');
 
--- Settled commands by age, for pruning (0009_retention, storage/retention.py): every agent report is
+-- Settled commands by age, for pruning (0009_retention, zlh_actors/reconciler/retention.py): every agent report is
 -- a command, so the inbox would otherwise only grow.
 CREATE INDEX commands_settled ON commands (updated_at) WHERE status IN ('done', 'rejected');
 

@@ -9,7 +9,8 @@
   never reused).
 
 Every replica prunes after each of its reconciliation passes (`loop`), at most `BATCH` commands a
-time; replicas pruning at the same moment skip each other's rows instead of waiting for them.
+time; replicas pruning commands at the same moment skip each other's rows instead of waiting for them.
+Drift reports (kept 30 days) may name a drift command that is gone: its journal entries remain.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class Pruned:
 async def prune(
     pool: asyncpg.Pool, *, keep_settled: datetime.timedelta = KEEP_SETTLED, batch: int = BATCH
 ) -> Pruned:
-    """Forget old settled commands and expired idempotency keys, in one transaction; how many of each."""
-    async with database.transaction(pool) as conn:
+    """Forget old settled commands and expired idempotency keys (one statement each, each its own
+    transaction: a wait on the keys never undoes the commands); how many of each."""
+    async with database.acquire(pool) as conn:
         forgotten = await commands.forget_settled(conn, keep_settled, batch)
         keys = await idempotency.forget_expired(conn, datetime.datetime.now(datetime.UTC))
     return Pruned(commands=forgotten, idempotency_keys=keys)

@@ -4,8 +4,8 @@ The journal's trigger NOTIFYs `zlh_journal` for every entry, in the writing tran
 0004). PostgreSQL serializes the commits of transactions that NOTIFY until their WAL flush is done,
 so that is one flush per state change that no other commit can share, and every replica's listening
 backends are woken for each. The actor's fenced transactions therefore ask the trigger to stay
-quiet (`fencing.transaction(..., announce=)`, migration 0008) and, once they have committed, call
-`Announcer.announce`, which
+quiet (`fencing.transaction(..., quiet=True)`, migration 0008) and, once one that wrote journal
+entries has committed, the actor calls `Announcer.announce`, which
 
 - tells this replica's listeners at once, with no round trip (the hub reads the journal);
 - sends one NOTIFY on the channel for the peers, from a pooled connection: at most one is in flight,
@@ -36,6 +36,7 @@ from zlh_actors import errors
 log = logging.getLogger(__name__)
 
 CHANNEL = "zlh_journal"
+TIMEOUT = 5.0  # seconds a NOTIFY may take, waiting for a pooled connection included
 
 
 def payload(replica_id: uuid.UUID) -> str:
@@ -70,7 +71,7 @@ class Announcer:
         return self._sending is not None
 
     def on_local(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (synchronously, so it must not block) on every announcement."""
+        """Call `callback` on every announcement, synchronously: it must neither block nor raise."""
         self._local.append(callback)
 
     def announce(self) -> None:
@@ -106,7 +107,8 @@ class Announcer:
 
     async def _notify(self) -> None:
         try:
-            async with database.acquire(self._pool) as conn:
+            # Bounded: a connection gone silent must not hold every later announcement behind it.
+            async with asyncio.timeout(TIMEOUT), database.acquire(self._pool) as conn:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self._payload)
             self.sent += 1
         except (errors.ZlhError, TimeoutError) as exc:

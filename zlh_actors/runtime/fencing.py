@@ -9,10 +9,9 @@ under the old one is in flight (the taker skips that shard, `FOR UPDATE SKIP LOC
 again next tick), and every later write sees the new epoch. A replica that was frozen past its
 lease and wakes up therefore cannot write anything.
 
-Given `announce`, a fenced transaction's journal entries are announced by calling it once the
-transaction has committed, not by the journal's trigger at commit: the same statement that checks
-the lease sets `zlh.journal_notify` to `off` for the transaction (migration 0008), so the commit
-does not NOTIFY (see `runtime.announcer`). A transaction that rolls back announces nothing.
+With `quiet`, the journal's trigger does not NOTIFY the transaction's entries at commit: the same
+statement that checks the lease sets `zlh.journal_notify` to `off` for the transaction (migration
+0008), and the caller announces them itself once the transaction has committed (`runtime.announcer`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import contextlib
 import dataclasses
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -48,20 +47,15 @@ class FenceCounter:
         self.rejected = 0
 
 
-Announce = Callable[[], None]
-
-
 @contextlib.asynccontextmanager
 async def transaction(
-    pool: asyncpg.Pool, lease: Lease, counter: FenceCounter | None = None, *, announce: Announce | None = None
+    pool: asyncpg.Pool, lease: Lease, counter: FenceCounter | None = None, *, quiet: bool = False
 ) -> AsyncIterator[database.Conn]:
     """A transaction that first verifies `lease` is still current; `OwnershipLost` if not."""
     async with database.transaction(pool) as conn:
-        epoch = await queries.fetchval(conn, "check_lease", *_lease_args(lease), _journal_notify(announce))
+        epoch = await queries.fetchval(conn, "check_lease", *_lease_args(lease), _journal_notify(quiet))
         _verify(lease, epoch, counter)
         yield conn
-    if announce is not None:
-        announce()
 
 
 @contextlib.asynccontextmanager
@@ -71,30 +65,28 @@ async def server_transaction(
     server_id: uuid.UUID,
     counter: FenceCounter | None = None,
     *,
-    announce: Announce | None = None,
+    quiet: bool = False,
 ) -> AsyncIterator[tuple[database.Conn, servers.Server]]:
     """`transaction`, and the server as it is in it, read by the statement that checks the lease
     (most fenced writes start by reading their server: one round trip fewer). `OwnershipLost` first,
     then `NotFound`."""
     async with database.transaction(pool) as conn:
         record = await queries.fetchrow(
-            conn, "check_lease_and_get_server", *_lease_args(lease), server_id, _journal_notify(announce)
+            conn, "check_lease_and_get_server", *_lease_args(lease), server_id, _journal_notify(quiet)
         )
         assert record is not None  # the statement always returns one row
         _verify(lease, record["lease_epoch"], counter)
         if record["id"] is None:
             raise errors.NotFound("no such server", server_id=str(server_id))
         yield conn, servers.from_record(record)
-    if announce is not None:
-        announce()
 
 
 def _lease_args(lease: Lease) -> tuple[int, uuid.UUID, datetime.timedelta]:
     return lease.shard, lease.owner, datetime.timedelta(seconds=lease.timeout)
 
 
-def _journal_notify(announce: Announce | None) -> str:
-    return "on" if announce is None else "off"
+def _journal_notify(quiet: bool) -> str:
+    return "off" if quiet else "on"
 
 
 def _verify(lease: Lease, epoch: int | None, counter: FenceCounter | None) -> None:

@@ -24,8 +24,9 @@ the server is still the row the reconciler observed (same version), as the chart
 it, each journaled with the reason.
 
 Every write is fenced by the shard lease (`fencing.transaction`): if another replica took the shard,
-the write raises `OwnershipLost` and the actor stops without retrying. Given `announce`, each
-committed write calls it, and its journal entries are not NOTIFYed at commit (`runtime.announcer`).
+the write raises `OwnershipLost` and the actor stops without retrying. Given `announce`, the
+journal entries a write makes are not NOTIFYed at its commit: `announce` is called after it instead
+(`runtime.announcer`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import dataclasses
 import datetime
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -129,10 +130,21 @@ class Owner(Protocol):
         """Wake the server's actor (if still ours)."""
 
 
-# What the fenced transaction running in this task has counted: added to the metrics only once it
-# has committed, so a write that rolled back is not counted. None outside such a transaction.
-_uncommitted: contextvars.ContextVar[list[tuple[str, dict[str, str]]] | None] = contextvars.ContextVar(
-    "zlh_uncommitted_counts", default=None
+Announce = Callable[[], None]
+
+
+@dataclasses.dataclass
+class _Uncommitted:
+    """What the fenced transaction running in this task has written, acted on once it commits: its
+    counts go to the metrics (a write that rolled back is not counted), and its journal entries are
+    announced (`runtime.announcer`), if it wrote any."""
+
+    counts: list[tuple[metrics.Metrics, str, dict[str, str]]] = dataclasses.field(default_factory=list)
+    journaled: bool = False
+
+
+_uncommitted: contextvars.ContextVar[_Uncommitted | None] = contextvars.ContextVar(
+    "zlh_uncommitted", default=None
 )
 
 
@@ -142,47 +154,58 @@ def _count(counters: metrics.Metrics, name: str, **labels: str) -> None:
     if pending is None:
         counters.inc(name, 1, **labels)
     else:
-        pending.append((name, labels))
+        pending.counts.append((counters, name, labels))
+
+
+def _journaled() -> None:
+    """The fenced transaction running in this task wrote a journal entry."""
+    pending = _uncommitted.get()
+    if pending is not None:
+        pending.journaled = True
 
 
 class _FencedWrites:
+    """The fenced transactions of one wake-up. Given `announce`, their journal entries are not
+    NOTIFYed at commit (`fencing`'s `quiet`); `announce` is called after each commit that wrote one."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         lease: fencing.Lease,
         counter: fencing.FenceCounter,
-        counters: metrics.Metrics,
-        announce: fencing.Announce | None = None,
+        announce: Announce | None = None,
     ) -> None:
-        self._pool, self._lease, self._counter = pool, lease, counter
-        self._metrics, self._announce = counters, announce
+        self._pool, self._lease, self._counter, self._announce = pool, lease, counter, announce
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
-        return self._counting(
-            fencing.transaction(self._pool, self._lease, self._counter, announce=self._announce)
+        return self._committing(
+            fencing.transaction(self._pool, self._lease, self._counter, quiet=self._announce is not None)
         )
 
     def server(
         self, server_id: uuid.UUID
     ) -> contextlib.AbstractAsyncContextManager[tuple[database.Conn, servers.Server]]:
         """A fenced transaction and the server as read in it."""
-        return self._counting(
+        return self._committing(
             fencing.server_transaction(
-                self._pool, self._lease, server_id, self._counter, announce=self._announce
+                self._pool, self._lease, server_id, self._counter, quiet=self._announce is not None
             )
         )
 
     @contextlib.asynccontextmanager
-    async def _counting(self, writes: contextlib.AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
-        counts: list[tuple[str, dict[str, str]]] = []
-        token = _uncommitted.set(counts)
+    async def _committing(self, writes: contextlib.AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+        pending = _Uncommitted()
+        token = _uncommitted.set(pending)
         try:
             async with writes as value:
                 yield value
         finally:
             _uncommitted.reset(token)
-        for name, labels in counts:  # reached only once the transaction has committed
-            self._metrics.inc(name, 1, **labels)
+        # Reached only once the transaction has committed.
+        for counters, name, labels in pending.counts:
+            counters.inc(name, 1, **labels)
+        if pending.journaled and self._announce is not None:
+            self._announce()
 
 
 class ServerHandler:
@@ -194,14 +217,14 @@ class ServerHandler:
         work: effects.Effects,
         counters: metrics.Metrics | None = None,
         *,
-        announce: fencing.Announce | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self._metrics = counters or metrics.Metrics()
         self._metrics.describe("zlh_commands_total", "commands settled by this replica, by kind and outcome")
         self._metrics.describe("zlh_transitions_total", "state transitions written by this replica, by event")
         self._pool = pool
         self._work = work
-        # Called after each committed write (its journal entries are then not NOTIFYed at commit).
+        # Called after each committed write that journaled (its entries are then not NOTIFYed at commit).
         self._announce = announce
         self._owner: Owner | None = None
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -217,6 +240,7 @@ class ServerHandler:
         self, conn: database.Conn, server: servers.Server, to_state: str, event: str, **kwargs: Any
     ) -> servers.Server:
         moved = await servers.transition(conn, server, to_state, event, **kwargs)
+        _journaled()
         _count(self._metrics, "zlh_transitions_total", event=event)
         return moved
 
@@ -229,7 +253,7 @@ class ServerHandler:
         return self._owner
 
     def _writes(self, lease: fencing.Lease) -> _FencedWrites:
-        return _FencedWrites(self._pool, lease, self.owner.fence, self._metrics, self._announce)
+        return _FencedWrites(self._pool, lease, self.owner.fence, self._announce)
 
     async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
         lease = self.owner.lease_for(server_id)

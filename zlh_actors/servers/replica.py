@@ -8,7 +8,7 @@ import asyncpg
 
 from storage import queries
 from zlh_actors import metrics
-from zlh_actors.runtime import actors, fencing, ownership, replica
+from zlh_actors.runtime import actors, ownership, replica
 from zlh_actors.servers import actor, effects
 
 
@@ -24,7 +24,7 @@ def build(
     sweep_interval: float = 5.0,
     replica_id: uuid.UUID | None = None,
     counters: metrics.Metrics | None = None,
-    announce: fencing.Announce | None = None,
+    announce: actor.Announce | None = None,
 ) -> replica.Replica[actor.Wake]:
     handler = actor.ServerHandler(pool, work, counters, announce=announce)
     registry: actors.Registry[uuid.UUID, actor.Wake] = actors.Registry(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -73,7 +73,9 @@ async def test_an_announcement_made_while_one_is_in_flight_is_sent_after_it(
 ) -> None:
     gated = _GatedPool(pool)
     ours = announcer.Announcer(gated, uuid.uuid4())  # type: ignore[arg-type]
-    async with _peer(db_url) as heard:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(ours.close)
+        heard = await stack.enter_async_context(_peer(db_url))
         ours.announce()
         async with asyncio.timeout(10):
             await gated.waiting.wait()
@@ -84,7 +86,6 @@ async def test_an_announcement_made_while_one_is_in_flight_is_sent_after_it(
         await helpers.assert_eventually(lambda: _heard(heard, 2), message="the second NOTIFY never came")
         await helpers.assert_eventually(_idle(ours))
         assert ours.sent == 2  # the two made meanwhile share one
-    await ours.close()
 
 
 async def test_an_unreachable_database_is_a_warning_and_the_local_listeners_still_hear(
@@ -104,6 +105,26 @@ async def test_an_unreachable_database_is_a_warning_and_the_local_listeners_stil
     await ours.close()
 
 
+async def test_a_notify_that_takes_too_long_is_given_up_and_the_next_one_goes_out(
+    db_url: str, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(announcer, "TIMEOUT", 0.2)
+    gated = _GatedPool(pool)  # never opened: a pool whose connections have all gone silent
+    ours = announcer.Announcer(gated, uuid.uuid4())  # type: ignore[arg-type]
+    try:
+        with caplog.at_level(logging.WARNING, logger=announcer.__name__):
+            ours.announce()
+            await helpers.assert_eventually(_idle(ours), message="the NOTIFY was never given up")
+        assert "could not announce journal entries" in caplog.text
+        assert ours.sent == 0
+        gated.gate.set()
+        async with _peer(db_url) as heard:
+            ours.announce()
+            await heard.until(announcer.payload(ours.replica_id), timeout=10)
+    finally:
+        await ours.close()
+
+
 async def test_closing_gives_up_an_announcement_in_flight_and_sends_no_more(pool: asyncpg.Pool) -> None:
     gated = _GatedPool(pool)
     ours = announcer.Announcer(gated, uuid.uuid4())  # type: ignore[arg-type]
@@ -117,16 +138,9 @@ async def test_closing_gives_up_an_announcement_in_flight_and_sends_no_more(pool
     assert ours.sent == 0
 
 
-def _idle(ours: announcer.Announcer):  # type: ignore[no-untyped-def]
+def _idle(ours: announcer.Announcer) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return not ours.in_flight
-
-    return check
-
-
-def _in_flight(ours: announcer.Announcer):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return ours.in_flight
 
     return check
 

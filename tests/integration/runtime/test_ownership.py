@@ -242,39 +242,34 @@ async def test_the_fenced_server_read_checks_the_lease_first_and_holds_it(
         assert counter.rejected == 1
 
 
-async def test_a_fenced_write_given_announce_calls_it_after_commit_and_the_trigger_stays_quiet(
+async def test_a_quiet_fenced_write_is_not_notified_and_the_next_transaction_is(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
-    async with leased_server(db_url, pool, "announced") as (server, lease), _listening(db_url) as heard:
-        calls: list[int] = []
-
-        def announce() -> None:
-            calls.append(len(calls) + 1)
-
-        async def rolled_back() -> None:
-            async with fencing.transaction(pool, lease, announce=announce) as conn:
-                await servers.transition(conn, server, "provisioning.cloning", "create", epoch=lease.epoch)
-                raise errors.Transient("the step failed")
-
-        with pytest.raises(errors.Transient):
-            await rolled_back()
-        assert calls == []  # nothing committed, nothing to announce
-        async with fencing.server_transaction(pool, lease, server.id, announce=announce) as (conn, read):
-            server = await servers.transition(conn, read, "provisioning.cloning", "create", epoch=lease.epoch)
-            assert calls == []  # not before the commit
-        assert calls == [1]
-        # Without `announce` the trigger NOTIFYs; notifications arrive in commit order, so had the
-        # announced entry been NOTIFYed too, its notification would be heard first.
-        async with fencing.transaction(pool, lease) as conn:
-            server = await servers.transition(conn, server, "failed.provisioning", "fail", epoch=lease.epoch)
-        async with asyncio.timeout(10):
-            while not heard.payloads:
-                heard.changed.clear()
-                await heard.changed.wait()
-        assert [orjson.loads(p)["server_id"] for p in heard.payloads] == [str(server.id)]
-        assert len(heard.payloads) == 1, heard.payloads
-        async with pool.acquire() as conn:
-            assert [e.seq for e in await journal.entries(conn, server.id)] == [1, 2, 3]
+    single = await database.create_pool(db_url, max_size=1)  # every write below on one session
+    try:
+        async with leased_server(db_url, pool, "quiet") as (server, lease), _listening(db_url) as heard:
+            async with fencing.server_transaction(single, lease, server.id, quiet=True) as (conn, read):
+                await servers.transition(conn, read, "provisioning.cloning", "create", epoch=lease.epoch)
+            # The same session, outside the fence: the trigger is on again for it.
+            async with database.transaction(single) as conn:
+                other = await servers.insert(
+                    conn, tenant="acme", name="loud", spec={}, state="requested", event="seed"
+                )
+                loud = (await journal.newest(conn, other.id)).cursor
+            # Notifications arrive in commit order: had the quiet entry been NOTIFYed, it would be first.
+            async with asyncio.timeout(10):
+                while not heard.payloads:
+                    heard.changed.clear()
+                    await heard.changed.wait()
+            first = orjson.loads(heard.payloads[0])
+            assert journal.Cursor(int(first["txid"]), first["position"]) == loud
+            async with pool.acquire() as conn:
+                assert [e.to_state for e in await journal.entries(conn, server.id)] == [
+                    "requested",
+                    "provisioning.cloning",
+                ]
+    finally:
+        await single.close()
 
 
 @contextlib.asynccontextmanager

@@ -151,25 +151,33 @@ async def test_pending_work_resumes_when_a_replica_takes_the_shard(db_url: str, 
         await helpers.assert_eventually(lambda: _is(pool, server_id, "running"), timeout=10)
 
 
-async def test_an_actors_writes_are_counted_only_once_their_transaction_commits(
+async def test_an_actors_writes_are_counted_and_announced_only_once_their_transaction_commits(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
     counters = metrics.Metrics()
+    announced: list[int] = []
+    handler = actor.ServerHandler(pool, Scripted(), counters, announce=lambda: announced.append(1))
+
+    def transitions() -> float:
+        return counters.value("zlh_transitions_total", event="create")
+
     async with running(db_url, pool, Scripted()) as built:
+        handler.bind(built)
         server_id = await new_server(pool, "counted")
-        writes = actor._FencedWrites(pool, built.lease_for(server_id), built.fence, counters)
+        writes = handler._writes(built.lease_for(server_id))
 
         async def rolled_back() -> None:
-            async with writes.server(server_id):
-                actor._count(counters, "zlh_transitions_total", event="create")
+            async with writes.server(server_id) as (conn, server):
+                await handler._transition(conn, server, "provisioning.cloning", "create")
                 raise RuntimeError("a later statement failed")
 
         with pytest.raises(RuntimeError):
             await rolled_back()
-        assert counters.value("zlh_transitions_total", event="create") == 0
+        assert (transitions(), announced) == (0, [])
         async with writes.transaction():
-            actor._count(counters, "zlh_transitions_total", event="create")
-            assert counters.value("zlh_transitions_total", event="create") == 0  # not before the commit
-        assert counters.value("zlh_transitions_total", event="create") == 1
-    actor._count(counters, "zlh_transitions_total", event="create")  # outside a transaction: at once
-    assert counters.value("zlh_transitions_total", event="create") == 2
+            pass  # a write that journals nothing is not announced
+        assert announced == []
+        async with writes.server(server_id) as (conn, server):
+            await handler._transition(conn, server, "provisioning.cloning", "create")
+            assert (transitions(), announced) == (0, [])  # not before the commit
+        assert (transitions(), announced) == (1, [1])
