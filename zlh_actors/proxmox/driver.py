@@ -286,10 +286,14 @@ class ProxmoxerDriver:
                 return await once(deadlines)
             except (errors.Locked, errors.LockTimeout) as exc:
                 limit = deadlines.task if exc.details.get("lock") in _OWN_TASK_LOCKS else deadlines.lock
-                delay = backoff.next_delay()
-                if time.monotonic() + delay > limit:
+                remaining = limit - time.monotonic()
+                if remaining <= 0:
                     exc.details.setdefault("waited", round(time.monotonic() - started, 3))
                     raise
+                # The last wait is cut short to end at the limit: one more try there, then give up.
+                # (Giving up as soon as the next wait would pass the limit ended the wait early by up
+                # to a whole back-off step, at random.)
+                delay = min(backoff.next_delay(), remaining)
                 log.info("%s: %s; trying again in %.2fs", what, exc, delay)
             except errors.ProxmoxUnavailable as exc:
                 failures += 1
