@@ -106,9 +106,13 @@ async def drift_entry(control: harness.Control, command_id: str | None, event: s
     return row
 
 
-async def plant_ours(lab: world.Lab, vmid: int, server_id: uuid.UUID, generation: int) -> None:
-    """A container marked (description and tags) as a generation of `server_id`, made behind our back."""
+async def plant_ours(
+    lab: world.Lab, vmid: int, server_id: uuid.UUID, generation: int, *, tagged: bool = True
+) -> None:
+    """A container marked (description, and tags unless `tagged` is False: a clone whose step never
+    got to tag it) as a generation of `server_id`, made behind our back."""
     owner = marks.Marks(server_id, generation)
+    tags = {"tags": marks.format_tags(owner)} if tagged else {}
 
     def plant() -> None:
         lab.pve.add_ct(
@@ -119,7 +123,7 @@ async def plant_ours(lab: world.Lab, vmid: int, server_id: uuid.UUID, generation
             config={
                 "rootfs": f"ceph-ct:vm-{vmid}-disk-0,size=4G",
                 "net0": "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:0E:00:01,ip=dhcp,type=veth",
-                "tags": marks.format_tags(owner),
+                **tags,
                 "description": marks.description(owner, "ghost"),
                 "memory": 512,
             },
@@ -178,6 +182,24 @@ async def test_orphan_is_destroyed_after_the_grace_and_a_foreign_vmid_is_never_a
     assert server["vmid"] != stranger
     assert await control.lab.cluster.call(lambda: dict(control.lab.pve.ct(stranger).config)) == foreign_config
     assert sorted(await control.containers()) == sorted([stranger, server["vmid"]])
+
+
+async def test_an_untagged_container_with_our_marks_is_an_orphan_not_a_stranger(plane: Plane) -> None:
+    # What a clone request that outlived its replica leaves when it lands after its server was
+    # deleted: our marks in the description, no tags, a VMID nobody holds.
+    control, svc = plane
+    vmid, ghost = 10060, uuid.uuid4()
+    await plant_ours(control.lab, vmid, ghost, generation=1, tagged=False)
+    [found] = await reconcile(svc, "orphan")
+    assert (found["vmid"], found["server_id"], found["generation"]) == (vmid, str(ghost), 1)
+    assert await reconcile(svc, "foreign") == []
+
+    async def gone() -> bool:
+        return any(e["action"].startswith("destroyed") for e in await reconcile(svc, "orphan"))
+
+    await helpers.assert_eventually(gone, timeout=GRACE + 10, interval=0.2, message="orphan never destroyed")
+    assert vmid not in await control.containers()
+    assert await control.pool.fetchval("SELECT count(*) FROM vmid_allocations WHERE vmid = $1", vmid) == 0
 
 
 async def test_missing_container_is_reprovisioned_as_a_new_generation(plane: Plane) -> None:

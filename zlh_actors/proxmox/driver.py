@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -269,6 +270,12 @@ class ProxmoxerDriver:
                 )
             )
         return sorted(out, key=lambda guest: guest.vmid)
+
+    async def marks_of(self, vmid: Vmid, node: str) -> tuple[uuid.UUID, int] | None:
+        guest = await guests.inspect(self._client, vmid, node)
+        if guest is None or guest.owner is None:
+            return None
+        return guest.owner.server_id, guest.owner.generation
 
     async def wait_task(self, upid: str, deadline: float) -> protocol.TaskResult:
         return await tasks.wait(self._client, upid, deadline)

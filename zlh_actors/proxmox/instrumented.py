@@ -7,6 +7,7 @@ implementation is plugged in.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -62,6 +63,9 @@ class Instrumented:
 
     async def list_guests(self) -> list[protocol.GuestSummary]:
         return await self._timed("list_guests", self._inner.list_guests)
+
+    async def marks_of(self, vmid: protocol.Vmid, node: str) -> tuple[uuid.UUID, int] | None:
+        return await self._timed("marks_of", lambda: self._inner.marks_of(vmid, node))
 
     async def wait_task(self, upid: str, deadline: float) -> protocol.TaskResult:
         return await self._timed("wait_task", lambda: self._inner.wait_task(upid, deadline))

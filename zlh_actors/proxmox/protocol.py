@@ -259,6 +259,11 @@ class ProxmoxDriver(Protocol):
         looks for strangers in the VMID range)."""
         ...
 
+    async def marks_of(self, vmid: Vmid, node: str) -> tuple[uuid.UUID, int] | None:
+        """The (server id, generation) marks in the description of the guest at `vmid` (looked for
+        at `node` first), or None when it has none or there is no such guest. Read-only."""
+        ...
+
     async def wait_task(self, upid: str, deadline: float) -> TaskResult:
         """Wait for a task until `deadline` (a `time.monotonic()` value).
 

@@ -10,7 +10,9 @@ drift, without a database or a cluster.
 The kinds:
 
 - `orphan`: a guest tagged `zlh` whose server is unknown, deleted, or has moved on to another
-  generation or VMID (a container the database no longer accounts for).
+  generation or VMID (a container the database no longer accounts for). The loop passes an untagged
+  container whose VMID nobody holds as tagged with the marks of its description, when it has them
+  (a clone that landed after its server was gone, before any step could tag it: `loop`).
 - `missing`: the database says the server's container exists (a state in which the chart accepts
   `lost`), and no guest carries its marks at its VMID. `failed.provisioning` is left out: the
   failure may have come before the clone, and re-provisioning a failed server is the user's retry.
@@ -20,8 +22,9 @@ The kinds:
 - `agent`: `running` in the database, the container running, and the agent of the server's
   generation says its game is not (it crashed, or stopped). An agent that does not answer, or
   serves another generation, says nothing reliable about this server and is not drift.
-- `foreign`: a guest in the VMID range without the `zlh` tag whose VMID no live allocation holds
-  (ours in progress, or already marked foreign). Its VMID must never be handed out.
+- `foreign`: a guest in the VMID range without the `zlh` tag (nor our marks in its description)
+  whose VMID no live allocation holds (ours in progress, or already marked foreign). Its VMID must
+  never be handed out.
 
 Order of observation matters, and the loop keeps it: the database is read first, then Proxmox, then
 the agents. So a server-side drift (missing, power, agent) was seen *after* the row it was compared

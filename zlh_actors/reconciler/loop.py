@@ -236,7 +236,9 @@ class Reconciler:
                 return shards.shard_of(guest.server_id, count) in mine
             return guest.vmid % count in mine
 
-        guests = [_guest(guest) for guest in await self._driver.list_guests() if judged_here(guest)]
+        listed = [guest for guest in await self._driver.list_guests() if judged_here(guest)]
+        held = set(allocated)
+        guests = [_guest(await self._with_marks(guest, held)) for guest in listed]
         running = {
             (guest.server_id, guest.generation, guest.vmid)
             for guest in guests
@@ -260,6 +262,28 @@ class Reconciler:
                 rows = await queries.fetch(conn, "reconcile_servers_by_id", unknown)
             others = [_record(row) for row in rows]
         return _World(servers, others, guests, agents, allocated)
+
+    async def _with_marks(self, guest: protocol.GuestSummary, held: set[int]) -> protocol.GuestSummary:
+        """The guest, judged by the marks in its description when it carries no tags but could be ours.
+
+        Tags are set after the clone, by the step that asked for it (PVE's clone takes a description
+        but no tags). A clone whose request outlived its replica (killed with the request sent) can
+        land after its server was deleted and its VMID released: untagged, unheld, it would be judged
+        a stranger and its VMID marked foreign, the container kept for ever. Its description says
+        whose it is, so such a guest is judged as tagged with those marks (an orphan, destroyed after
+        the grace, or accounted for by its server). One config read per untagged container in the
+        range that nobody holds: strangers, which are marked foreign once and then held.
+        """
+        low, high = self._settings.vmid_range
+        if guest.tagged or guest.kind != "lxc" or guest.template or guest.vmid in held:
+            return guest
+        if not low <= guest.vmid <= high:
+            return guest
+        owner = await self._driver.marks_of(guest.vmid, guest.node)
+        if owner is None:
+            return guest
+        server_id, generation = owner
+        return dataclasses.replace(guest, tagged=True, server_id=server_id, generation=generation)
 
     async def _poll(self, servers: Sequence[drift.ServerRecord]) -> list[drift.AgentView | None]:
         gate = asyncio.Semaphore(AGENT_POLLS)
