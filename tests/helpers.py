@@ -1,10 +1,12 @@
-"""Test helpers: waiting on conditions with a deadline instead of sleeping, and racing transactions."""
+"""Test helpers: waiting on conditions with a deadline instead of sleeping, racing transactions, and
+hearing what a channel is NOTIFYed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -61,3 +63,15 @@ class Heard:
                 self.changed.clear()
                 await self.changed.wait()
         return self.payloads
+
+
+@contextlib.asynccontextmanager
+async def listening(url: str, channel: str) -> AsyncIterator[Heard]:
+    """Every payload NOTIFYed on `channel`, heard on a dedicated connection (another replica's, say)."""
+    conn = await database.connect(url)
+    heard = Heard()
+    try:
+        await conn.add_listener(channel, heard)
+        yield heard
+    finally:
+        await conn.close()

@@ -17,18 +17,6 @@ from tests import helpers
 from zlh_actors.runtime import announcer
 
 
-@contextlib.asynccontextmanager
-async def _peer(db_url: str) -> AsyncIterator[helpers.Heard]:
-    """Another replica's hub, as far as the channel goes."""
-    conn = await database.connect(db_url)
-    heard = helpers.Heard()
-    try:
-        await conn.add_listener(announcer.CHANNEL, heard)
-        yield heard
-    finally:
-        await conn.close()
-
-
 async def test_a_burst_is_told_locally_each_time_and_to_the_peers_once(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
@@ -37,7 +25,7 @@ async def test_a_burst_is_told_locally_each_time_and_to_the_peers_once(
     ours.on_local(lambda: local.append(1))
     expected = announcer.payload(ours.replica_id)
     try:
-        async with _peer(db_url) as heard:
+        async with helpers.listening(db_url, announcer.CHANNEL) as heard:
             for _ in range(100):
                 ours.announce()
             assert len(local) == 100  # synchronously, before any round trip
@@ -75,7 +63,7 @@ async def test_an_announcement_made_while_one_is_in_flight_is_sent_after_it(
     ours = announcer.Announcer(gated, uuid.uuid4())  # type: ignore[arg-type]
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(ours.close)
-        heard = await stack.enter_async_context(_peer(db_url))
+        heard = await stack.enter_async_context(helpers.listening(db_url, announcer.CHANNEL))
         ours.announce()
         async with asyncio.timeout(10):
             await gated.waiting.wait()
@@ -118,7 +106,7 @@ async def test_a_notify_that_takes_too_long_is_given_up_and_the_next_one_goes_ou
         assert "could not announce journal entries" in caplog.text
         assert ours.sent == 0
         gated.gate.set()
-        async with _peer(db_url) as heard:
+        async with helpers.listening(db_url, announcer.CHANNEL) as heard:
             ours.announce()
             await heard.until(announcer.payload(ours.replica_id), timeout=10)
     finally:

@@ -247,7 +247,10 @@ async def test_a_quiet_fenced_write_is_not_notified_and_the_next_transaction_is(
 ) -> None:
     single = await database.create_pool(db_url, max_size=1)  # every write below on one session
     try:
-        async with leased_server(db_url, pool, "quiet") as (server, lease), _listening(db_url) as heard:
+        async with (
+            leased_server(db_url, pool, "quiet") as (server, lease),
+            helpers.listening(db_url, announcer.CHANNEL) as heard,
+        ):
             async with fencing.server_transaction(single, lease, server.id, quiet=True) as (conn, read):
                 await servers.transition(conn, read, "provisioning.cloning", "create", epoch=lease.epoch)
             # The same session, outside the fence: the trigger is on again for it.
@@ -270,17 +273,6 @@ async def test_a_quiet_fenced_write_is_not_notified_and_the_next_transaction_is(
                 ]
     finally:
         await single.close()
-
-
-@contextlib.asynccontextmanager
-async def _listening(db_url: str) -> AsyncIterator[helpers.Heard]:
-    conn = await database.connect(db_url)
-    heard = helpers.Heard()
-    try:
-        await conn.add_listener(announcer.CHANNEL, heard)
-        yield heard
-    finally:
-        await conn.close()
 
 
 async def test_a_direct_connection_is_not_mistaken_for_pooling(db_url: str) -> None:
