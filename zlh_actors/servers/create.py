@@ -56,7 +56,6 @@ import asyncpg
 
 from storage import (
     allocations,
-    commands,
     database,
     idempotency,
     launchers,
@@ -131,18 +130,15 @@ class Placement:
         finally:
             self._reading = None
 
-    async def choose(self, conn: database.Conn, memory_mb: int, nodes: list[protocol.NodeInfo]) -> str:
-        """The online node with the most free memory once our pending servers are counted.
-
-        `nodes` is read from Proxmox *before* the create's transaction: a slow Proxmox must never
-        hold the allocation lock or an open transaction."""
-        return (await self.choose_many(conn, [memory_mb], nodes))[0]
-
     async def choose_many(
         self, conn: database.Conn, memory_mb: list[int], nodes: list[protocol.NodeInfo]
     ) -> list[str]:
-        """`choose` for several servers in order, each counting the ones chosen before it as pending,
-        as if each had been created (and committed) before the next."""
+        """The online node with the most free memory for each server in order, once our pending
+        servers are counted, each counting the ones chosen before it as pending, as if each had been
+        created (and committed) before the next.
+
+        `nodes` is read from Proxmox *before* the create's transaction: a slow Proxmox must never
+        hold the allocation lock or an open transaction."""
         pending = {
             row["node"]: int(row["memory_mb"]) for row in await queries.fetch(conn, "pending_memory_by_node")
         }
@@ -322,10 +318,11 @@ async def create(
     flight = _Flight(fingerprint, asyncio.get_running_loop().create_future())
     front.flights[pair] = flight
     replay: Answer | None = None  # one copy for every duplicate, in flight or later
+    item = _Item(pair, fingerprint, request, _future())
     try:
-        answer = await _batched(pool, settings, placement, _Item(pair, fingerprint, request, _future()))
+        answer = await _batched(pool, settings, placement, item)
         if answer is None:
-            answer = await _alone(pool, settings, placement, tenant, key, fingerprint, request)
+            answer = await _alone(pool, settings, placement, item)
         replay = dataclasses.replace(answer, replayed=True)
         front.remember(pair, fingerprint, replay)
         return answer
@@ -376,16 +373,20 @@ async def _run_batch(
         return  # the unsettled items run alone
     for item, (answer, server) in zip(fresh, answers, strict=True):
         _settle(item.done, answer)
-        log.info(
-            "server %s (%s/%s) requested: vmid %s on %s, %s:%s",
-            server.id,
-            item.pair[0],
-            server.name,
-            server.vmid,
-            server.node,
-            server.ip,
-            server.game_port,
-        )
+        _requested(item.pair[0], server)
+
+
+def _requested(tenant: str, server: servers.Server) -> None:
+    log.info(
+        "server %s (%s/%s) requested: vmid %s on %s, %s:%s",
+        server.id,
+        tenant,
+        server.name,
+        server.vmid,
+        server.node,
+        server.ip,
+        server.game_port,
+    )
 
 
 async def _claim(
@@ -482,8 +483,8 @@ def _unpinned() -> errors.BadRequest:
     )
 
 
-# --- one request alone: the path every request took before batches, and still takes when its batch
-# --- could not be written
+# --- one request alone, a batch of one in a transaction of its own: the path a request takes when
+# --- its batch could not answer it
 
 
 async def _replay(conn: database.Conn, tenant: str, key: str, fingerprint: bytes) -> Answer | None:
@@ -502,18 +503,10 @@ async def _replay(conn: database.Conn, tenant: str, key: str, fingerprint: bytes
     return Answer(record.response_status, record.response_body, True, record.expires_at)
 
 
-async def _alone(
-    pool: asyncpg.Pool,
-    settings: config.Settings,
-    placement: Placement,
-    tenant: str,
-    key: str,
-    fingerprint: bytes,
-    request: requests.CreateRequest,
-) -> Answer:
+async def _alone(pool: asyncpg.Pool, settings: config.Settings, placement: Placement, item: _Item) -> Answer:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return await _create_once(pool, settings, placement, tenant, key, fingerprint, request)
+            return await _create_once(pool, settings, placement, item)
         except errors.IdempotencyKeyTaken:
             continue  # another request with this key committed first: replay its answer
         except errors.CapacityExhausted:
@@ -523,67 +516,31 @@ async def _alone(
             if attempt == _ATTEMPTS:
                 raise
             await asyncio.sleep(0.05 * attempt)
-    raise errors.InProgress("a request with this Idempotency-Key is still in progress", key=key)
+    raise errors.InProgress("a request with this Idempotency-Key is still in progress", key=item.pair[1])
 
 
 async def _create_once(
-    pool: asyncpg.Pool,
-    settings: config.Settings,
-    placement: Placement,
-    tenant: str,
-    key: str,
-    fingerprint: bytes,
-    request: requests.CreateRequest,
+    pool: asyncpg.Pool, settings: config.Settings, placement: Placement, item: _Item
 ) -> Answer:
+    """A batch of one, in a transaction of its own, whose failures are the request's answer."""
+    (tenant, key), request = item.pair, item.request
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=settings.idempotency_ttl)
     nodes = await placement.nodes()
     async with database.transaction(pool) as conn:
-        replay = await _replay(conn, tenant, key, fingerprint)
+        replay = await _replay(conn, tenant, key, item.fingerprint)
         if replay is not None:
             return replay
-        await idempotency.claim(conn, tenant, key, fingerprint, expires)
+        await idempotency.claim(conn, tenant, key, item.fingerprint, expires)
         launcher = await launchers.get(
             conn, request.minecraft_version, request.loader_version, request.installer_version
         )
         if launcher is None:
             raise _unpinned()
-        await allocations.lock(conn)
-        node = await placement.choose(conn, request.memory_mb, nodes)
-        server_id = servers.ServerId(uuid.uuid4())
         try:
-            server = await servers.insert(
-                conn,
-                tenant=tenant,
-                name=request.name,
-                spec=request.spec(),
-                state="requested",
-                event=REQUEST_EVENT,
-                server_id=server_id,
-            )
+            [(answer, server)] = await _write(conn, settings, placement, [item], nodes, expires)
         except errors.NameTaken:
             raise errors.NameTaken(
                 f"a live server named {request.name!r} already exists", fields={"name": "taken"}
             ) from None
-        low, high = settings.vmid_range
-        vmid = await allocations.allocate_vmid(conn, server_id, low, high)
-        gateway = [settings.ip_gateway] if settings.ip_gateway else []
-        ip = await allocations.allocate_ip(conn, server_id, settings.ip_subnet, gateway)
-        port = await allocations.allocate_port(conn, server_id, node, *settings.game_ports)
-        server = await servers.set_placement(
-            conn, server, node=node, vmid=vmid.vmid, ip=str(ip.ip), game_port=port.port, generation=1
-        )
-        command = await commands.enqueue(conn, server_id, "create")
-        body = views.server(server)
-        body["command"] = views.command(command)
-        await idempotency.complete(conn, tenant, key, server_id, 202, body)
-    log.info(
-        "server %s (%s/%s) requested: vmid %s on %s, %s:%s",
-        server_id,
-        tenant,
-        request.name,
-        vmid.vmid,
-        node,
-        ip.ip,
-        port.port,
-    )
-    return Answer(202, body, expires_at=expires)
+    _requested(tenant, server)
+    return answer
