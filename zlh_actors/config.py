@@ -152,6 +152,7 @@ class Settings:
     step_timeout: float = 300.0
     install_timeout: float = 900.0
     idempotency_ttl: float = 86400.0
+    command_retention: float = 604800.0
     lab_warmup: float = 1.0
     callback_url: str | None = None
     reconcile_interval: float = 30.0
@@ -263,6 +264,13 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds,
         86400.0,
         "seconds an idempotency key replays its first answer",
+    ),
+    Setting(
+        "ZLH_COMMAND_RETENTION",
+        "command_retention",
+        _seconds,
+        604800.0,
+        "seconds a settled (done or rejected) command is kept; its effect stays in the journal",
     ),
     Setting(
         "ZLH_LAB_WARMUP",

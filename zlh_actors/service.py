@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -155,6 +156,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
                 interval=settings.reconcile_interval,
                 orphan_grace=settings.orphan_grace,
                 vmid_range=settings.vmid_range,
+                command_retention=datetime.timedelta(seconds=settings.command_retention),
             ),
         )
         counters.gauge(

@@ -26,9 +26,10 @@ from tests.e2e import harness
 from zlh_actors import service
 from zlh_actors.lab import replicas, world
 from zlh_actors.proxmox import marks
-from zlh_actors.reconciler import reports, retention
+from zlh_actors.reconciler import reports
 
 GRACE = 1.0
+RETENTION = datetime.timedelta(hours=1)  # ZLH_COMMAND_RETENTION; the default is a week
 
 Plane = tuple[harness.Control, service.Service]
 
@@ -37,7 +38,12 @@ Plane = tuple[harness.Control, service.Service]
 async def plane(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterator[Plane]:
     made = await replicas.prepare_database(lab, db_url)
     settings = harness.settings_for(
-        lab, db_url, reconcile_interval=3600.0, orphan_grace=GRACE, crash_backoff=0.1
+        lab,
+        db_url,
+        reconcile_interval=3600.0,
+        orphan_grace=GRACE,
+        crash_backoff=0.1,
+        command_retention=RETENTION.total_seconds(),
     )
     async with service.running(settings, db_url) as running:
         control = harness.Control([f"http://127.0.0.1:{settings.port}"], made, lab, pool)
@@ -372,23 +378,27 @@ async def test_a_stale_agent_never_changes_state(plane: Plane) -> None:
     )
 
 
-async def test_a_pass_forgets_commands_settled_a_week_ago(plane: Plane) -> None:
+async def test_a_pass_forgets_commands_settled_longer_ago_than_the_retention(plane: Plane) -> None:
     control, svc = plane
     server = await running_server(control, "forgetful")
-    create = await control.pool.fetchval(
-        "SELECT id FROM commands WHERE server_id = $1 AND kind = 'create'", uuid.UUID(server["id"])
-    )
-    path = f"/v1/servers/{server['id']}/commands/{create}"
-    assert (await control.call("GET", path))[0] == 200
-    async with database.transaction(control.pool) as conn:  # a week and a second ago
-        await conn.execute("SET LOCAL session_replication_role = replica")  # past the status trigger
-        await conn.execute(
-            "UPDATE commands SET updated_at = now() - $2::interval WHERE id = $1",
-            create,
-            retention.KEEP_SETTLED + datetime.timedelta(seconds=1),
+    ids = {
+        row["kind"]: row["id"]
+        for row in await control.pool.fetch(
+            "SELECT kind, id FROM commands WHERE server_id = $1", uuid.UUID(server["id"])
         )
+    }
+    create, kept = ids["create"], ids["report"]  # an agent report, settled `done` too
+    path = f"/v1/servers/{server['id']}/commands/{{}}"
+    assert (await control.call("GET", path.format(create)))[0] == 200
+    async with database.transaction(control.pool) as conn:
+        await conn.execute("SET LOCAL session_replication_role = replica")  # past the status trigger
+        for command_id, age in ((create, RETENTION + datetime.timedelta(seconds=1)), (kept, RETENTION / 2)):
+            await conn.execute(
+                "UPDATE commands SET updated_at = now() - $2::interval WHERE id = $1", command_id, age
+            )
     await svc.reconciler.run_now()
-    assert (await control.call("GET", path))[0] == 404
+    assert (await control.call("GET", path.format(create)))[0] == 404
+    assert (await control.call("GET", path.format(kept)))[0] == 200  # settled, but not long enough ago
     status, events, _ = await control.call("GET", f"/v1/servers/{server['id']}/events")
     assert status == 200
     assert str(create) in {e["command_id"] for e in events["items"]}  # its effect stays in the journal

@@ -66,6 +66,7 @@ class Settings:
     interval: float
     orphan_grace: float
     vmid_range: tuple[int, int]
+    command_retention: datetime.timedelta = retention.KEEP_SETTLED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,50 +170,56 @@ class Reconciler:
     # --- one pass -----------------------------------------------------------------------------
 
     async def _pass(self, trigger: str) -> reports.Report:
+        """One pass, then the retention prune (outside the pass's lock: a large prune does not hold up
+        the next pass, such as an operator's `run_now`)."""
         async with self._lock:
-            started = datetime.datetime.now(datetime.UTC)
-            owned = sorted(self._owner.leases)
-            entries: list[reports.Entry] = []
-            error = None
-            try:
-                if owned:
-                    world = await self._observe(owned)
-                    found = drift.diff(
-                        world.servers,
-                        world.guests,
-                        world.agents,
-                        vmid_range=self._settings.vmid_range,
-                        allocated_vmids=world.allocated,
-                        others=world.others,
-                    )
-                    entries = [await self._act(item) for item in found]
-                    self._forget_orphans_not_in(found)
-            except errors.ZlhError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning("reconciliation of shards %s could not look at the world: %s", owned, exc)
-            report = reports.Report(
-                replica_id=self._owner.id,
-                trigger=trigger,
-                shards=tuple(owned),
-                started_at=started,
-                finished_at=max(started, datetime.datetime.now(datetime.UTC)),
-                drifts=tuple(entries),
-                error=error,
-            )
-            try:
-                async with database.transaction(self._pool) as conn:
-                    report = await reports.store(conn, report)
-            except errors.ZlhError as exc:
-                log.warning("could not store the reconciliation report: %s", exc)
-            if entries:
-                log.info("reconciliation found %s", report.by_kind())
-            await self._prune()
-            self._latest = report
-            return report
+            report = await self._reconcile(trigger)
+        await self._prune()
+        return report
+
+    async def _reconcile(self, trigger: str) -> reports.Report:
+        started = datetime.datetime.now(datetime.UTC)
+        owned = sorted(self._owner.leases)
+        entries: list[reports.Entry] = []
+        error = None
+        try:
+            if owned:
+                world = await self._observe(owned)
+                found = drift.diff(
+                    world.servers,
+                    world.guests,
+                    world.agents,
+                    vmid_range=self._settings.vmid_range,
+                    allocated_vmids=world.allocated,
+                    others=world.others,
+                )
+                entries = [await self._act(item) for item in found]
+                self._forget_orphans_not_in(found)
+        except errors.ZlhError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("reconciliation of shards %s could not look at the world: %s", owned, exc)
+        report = reports.Report(
+            replica_id=self._owner.id,
+            trigger=trigger,
+            shards=tuple(owned),
+            started_at=started,
+            finished_at=max(started, datetime.datetime.now(datetime.UTC)),
+            drifts=tuple(entries),
+            error=error,
+        )
+        try:
+            async with database.transaction(self._pool) as conn:
+                report = await reports.store(conn, report)
+        except errors.ZlhError as exc:
+            log.warning("could not store the reconciliation report: %s", exc)
+        if entries:
+            log.info("reconciliation found %s", report.by_kind())
+        self._latest = report
+        return report
 
     async def _prune(self) -> None:
         try:
-            pruned = await retention.prune(self._pool)
+            pruned = await retention.prune(self._pool, keep_settled=self._settings.command_retention)
         except errors.ZlhError as exc:
             log.warning("could not forget old commands and expired idempotency keys: %s", exc)
             return
