@@ -163,6 +163,11 @@ async def seed(
         await cluster.call(
             lambda: cluster.pve.add_ct(vmid, name, node=server.node, status=server.state, config=config)
         )
+    for kind, command_id in server.commands.items():
+        if kind != "create":  # a create's answer is logged with its key, above
+            log.commanded(
+                tenant, str(server_id), kind, 202, {"id": str(server_id), "command": {"id": str(command_id)}}
+            )
     log.saw(tenant, str(server_id), "get")
     return server
 
@@ -372,6 +377,26 @@ async def test_commands_without_effect_or_applied_twice_are_reported(world: Worl
         in (found)
     )
     assert f"cites command {unknown}, which does not exist" in found
+
+
+async def test_a_command_answered_but_lost_or_of_another_kind_is_reported(world: World) -> None:
+    server, lost = str(world.running.id), uuid.uuid4()
+    create = world.running.commands["create"]
+    world.log.commanded("alpha", server, "stop", 202, {"id": server, "command": {"id": str(lost)}})
+    world.log.commanded("alpha", server, "restart", 202, {"id": server, "command": {"id": str(create)}})
+    # Nothing to hold against these: refused, unanswered, and a delete of a deleted server (no command).
+    world.log.commanded("alpha", server, "start", 409, {"status": 409})
+    world.log.commanded("alpha", server, "start", None, None)
+    world.log.commanded("alpha", str(world.deleted.id), "delete", 202, {"id": str(world.deleted.id)})
+    report = await world.check()
+    assert numbers(report) == {6}, report.table()
+    found = details(report, 6)
+    assert f"the stop of server {server} answered command {lost}, which does not exist" in found
+    assert (
+        f"the restart of server {server} answered command {create}, which is a create of server {server}"
+        in found
+    )
+    assert len(report.of(6)) == 2, report.table()
 
 
 async def test_keys_and_answers_that_break_idempotency_are_reported(world: World) -> None:

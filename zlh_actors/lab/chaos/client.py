@@ -7,8 +7,16 @@ same `Idempotency-Key`, which is what makes a retry safe; other commands are ret
 which may send one twice, as an impatient client would.
 
 Everything a tenant is answered is recorded for the invariant checker: every create answer
-(`ClientLog.created`, including the ones that never came) and every server id a tenant's token was
-shown (`ClientLog.saw`). Every write request is counted in the tally by kind and outcome.
+(`ClientLog.created`, including the ones that never came), every answer to a command
+(`ClientLog.commanded`) and every server id a tenant's token was shown (`ClientLog.saw`). Every
+write request, and every probe of another tenant's server, is counted in the tally by kind and
+outcome.
+
+Probes. Now and then a tenant asks for a server of another tenant, whose id it learned out of band
+(here: from the other tenant's create answers), as a curious or hostile tenant would: `GET` it, its
+events, and `POST` a stop to it. Every answer must be a 404. Anything else under 500 (a 2xx, a 403
+or a 409 that says the server exists, and in which state) counts as having seen it: a sighting the
+checker holds against invariant 7.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ CREATE_ATTEMPTS = 8
 COMMAND_ATTEMPTS = 4
 BACKOFF, BACKOFF_MAX = 0.25, 4.0
 PAGE = 100
+PROBE = "probe of another tenant's server"
 CREATE_KINDS = {
     "plain": "create",
     "duplicate": "create, duplicated key",
@@ -159,6 +168,8 @@ class Api:
                 await asyncio.sleep(_backoff(attempt))
             answer = await self.send(method, path, who=script.tenant, route=route + attempt)
             self._tally.operation(label, answer.status, answer.failure)
+            body = answer.body if isinstance(answer.body, dict) else None
+            self.log.commanded(script.tenant, server_id, kind, answer.status, body)
             if isinstance(answer.body, dict) and answer.ok:
                 self._saw(script.tenant, answer.body.get("id"), label)
             if not answer.retryable:
@@ -199,6 +210,18 @@ class Api:
             cursor = answer.body.get("next_cursor")
             if not cursor:
                 return shown
+
+    async def probe(self, tenant: str, server_id: str, route: int) -> None:
+        """Ask, as `tenant`, for another tenant's server (see the module docstring)."""
+        for method, path in (
+            ("GET", f"/v1/servers/{server_id}"),
+            ("GET", f"/v1/servers/{server_id}/events"),
+            ("POST", f"/v1/servers/{server_id}/stop"),
+        ):
+            answer = await self.send(method, path, who=tenant, route=route)
+            self._tally.operation(PROBE, answer.status, answer.failure)
+            if answer.status is not None and answer.status < 500 and answer.status not in (404, 429):
+                self.log.saw(tenant, server_id, f"probe: {method} {path} answered {answer.status}")
 
     async def admin(self, method: str, path: str, route: int, timeout: float = 60.0) -> Answer:
         return await self.send(method, path, who="admin", route=route, timeout=timeout)

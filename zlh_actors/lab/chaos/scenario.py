@@ -8,8 +8,9 @@ nothing. A server that comes to rest in a failed state is retried as many times 
 allows. When the stream has not shown a state within a wait, the task asks `GET /v1/servers/{id}`
 instead, so a stalled stream slows the scenario down but never stalls it.
 
-Alongside, every tenant lists its servers every few seconds: more sightings for invariant 7, taken
-while servers are created, failed over and deleted.
+Alongside, every tenant lists its servers every few seconds, and then probes one server of another
+tenant (`client.Api.probe`): more sightings for invariant 7, taken while servers are created, failed
+over and deleted.
 
 When the run's time is up (`stop`), no more servers are created and the listings end; scripts
 already under way play to their end (with the faults healed by then), within a bound the driver
@@ -29,6 +30,7 @@ ORDER = ("requested", *plan.STEPS, "running")
 STEP_WAIT = 30.0  # a step not reached by then (the server failed, the stream lags): delete anyway
 REST_WAIT = 20.0  # then ask the API rather than the stream
 LIST_INTERVAL = 5.0
+PROBE_STRIDE = 7919  # a prime: successive probes spread over the other tenants' servers
 FAILED = "failed."
 
 
@@ -84,8 +86,17 @@ class Scenario:
         return False
 
     async def _list(self, tenant: str, route: int) -> None:
+        tick = 0
         while await self._pause(LIST_INTERVAL):
             await self._api.list_all(tenant, route)
+            others = [
+                answer.server_id
+                for answer in self._api.log.answers
+                if answer.tenant != tenant and answer.server_id is not None
+            ]
+            if others:
+                await self._api.probe(tenant, others[(tick * PROBE_STRIDE) % len(others)], route)
+            tick += 1
             route += 1
 
     async def _play(self, script: plan.Script) -> None:

@@ -26,6 +26,7 @@ def operation_kinds() -> list[str]:
         scenario.delete_label("quick_delete"),
         *(scenario.delete_label("delete_at", step) for step in plan.STEPS),
         scenario.delete_label("lifecycle"),
+        client.PROBE,
     ]
 
 

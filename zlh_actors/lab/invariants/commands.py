@@ -13,13 +13,17 @@ command must have left, by kind (zlh_actors/servers/actor.py):
 - a rejected command: none. A command still `queued` once the system is quiescent was never applied:
   that is a violation too (the API answered 202 for it).
 
-And from the clients' side: the `create` command a 2xx create answer named exists, for that server.
+And from the clients' side: the command every 2xx answer named exists, of that server and of that
+kind (a create answer names its `create`). A command acknowledged and then lost would otherwise leave
+nothing in the database to find; a command acknowledged and not yet applied is a `queued` row, above.
 """
 
 from __future__ import annotations
 
 import collections
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from zlh_actors.lab.invariants import model
 from zlh_actors.reconciler import drift, repairs
@@ -119,27 +123,37 @@ def _repair(command: model.Command, entries: list[model.Entry]) -> list[str]:
 
 
 def _answered(database: model.Database, log: model.ClientLog) -> list[model.Violation]:
+    """Every command a 2xx answer named, against the database's."""
+    named = [
+        (answer.server_id, "create", _named(answer.body), "create")
+        for answer in log.answers
+        if answer.server_id is not None
+    ]
+    named += [(answer.server_id, answer.kind, answer.command_id, answer.kind) for answer in log.commands]
     known = {str(command.id): command for command in database.commands}
     found = []
     seen = set()
-    for answer in log.answers:
-        server_id = answer.server_id
-        named = answer.body.get("command") if server_id is not None and answer.body is not None else None
-        command_id = named.get("id") if isinstance(named, dict) else None
-        if server_id is None or command_id is None or command_id in seen:
-            continue
-        seen.add(command_id)
-        command = known.get(str(command_id))
+    for server_id, kind, command_id, request in named:
+        if command_id is None or (server_id, kind, command_id) in seen:
+            continue  # one line for an answer repeated (a replayed create, a retried command)
+        seen.add((server_id, kind, command_id))
+        command = known.get(command_id)
         if command is None:
             found.append(
-                f"the create of server {server_id} answered command {command_id}, which does not exist"
+                f"the {request} of server {server_id} answered command {command_id}, which does not exist"
             )
-        elif (str(command.server_id), command.kind) != (server_id, "create"):
+        elif (str(command.server_id), command.kind) != (server_id, kind):
             found.append(
-                f"the create of server {server_id} answered command {command_id}, which is a "
+                f"the {request} of server {server_id} answered command {command_id}, which is a "
                 f"{command.kind} of server {command.server_id}"
             )
     return [model.Violation(6, detail) for detail in found]
+
+
+def _named(body: Mapping[str, Any] | None) -> str | None:
+    command = body.get("command") if body is not None else None
+    found = command.get("id") if isinstance(command, Mapping) else None
+    return found if isinstance(found, str) else None
 
 
 def checked(database: model.Database) -> int:

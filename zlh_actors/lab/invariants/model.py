@@ -49,6 +49,28 @@ class CreateAnswer:
 
 
 @dataclasses.dataclass(frozen=True)
+class CommandAnswer:
+    """One answer to a command (start, stop, restart, retry, delete) sent for a server; `status` None
+    when none came."""
+
+    tenant: str
+    server_id: str
+    kind: str
+    status: int | None
+    body: Mapping[str, Any] | None
+
+    @property
+    def command_id(self) -> str | None:
+        """The command a 2xx answer names; None for any other answer, and for a delete of a server
+        already deleted (answered with the server alone)."""
+        if self.status is None or not 200 <= self.status < 300 or self.body is None:
+            return None
+        named = self.body.get("command")
+        found = named.get("id") if isinstance(named, Mapping) else None
+        return found if isinstance(found, str) else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Sighting:
     """A tenant saw a server (in a list, a get, an event, the stream)."""
 
@@ -65,11 +87,18 @@ class ClientLog:
     """
 
     answers: list[CreateAnswer] = dataclasses.field(default_factory=list)
+    commands: list[CommandAnswer] = dataclasses.field(default_factory=list)
     sightings: list[Sighting] = dataclasses.field(default_factory=list)
 
     def created(self, tenant: str, key: str, status: int | None, body: Mapping[str, Any] | None) -> None:
         """One answer to POST /v1/servers with Idempotency-Key `key` (status None: no answer, a timeout)."""
         self.answers.append(CreateAnswer(tenant, key, status, body))
+
+    def commanded(
+        self, tenant: str, server_id: str, kind: str, status: int | None, body: Mapping[str, Any] | None
+    ) -> None:
+        """One answer to command `kind` for server `server_id` (status None: no answer)."""
+        self.commands.append(CommandAnswer(tenant, server_id, kind, status, body))
 
     def saw(self, tenant: str, server_id: str, source: str) -> None:
         """Tenant `tenant` saw server `server_id` in an answer or event; source "list", "get", "stream"..."""
