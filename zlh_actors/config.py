@@ -270,7 +270,8 @@ SETTINGS: tuple[Setting, ...] = (
         "command_retention",
         _seconds,
         604800.0,
-        "seconds a settled (done or rejected) command is kept; its effect stays in the journal",
+        "seconds a settled (done or rejected) command is kept (at least ZLH_IDEMPOTENCY_TTL); "
+        "its effect stays in the journal",
     ),
     Setting(
         "ZLH_LAB_WARMUP",
@@ -367,4 +368,12 @@ def load(environ: Mapping[str, str], **overrides: Any) -> Settings:
             values[setting.field] = setting.parse(str(raw))
         except ValueError as exc:
             raise errors.ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.command_retention < settings.idempotency_ttl:
+        # A replayed create answers with its `create` command: it must not name one already forgotten.
+        raise errors.ConfigError(
+            f"ZLH_COMMAND_RETENTION={settings.command_retention:g} is shorter than "
+            f"ZLH_IDEMPOTENCY_TTL={settings.idempotency_ttl:g}: a replayed create would name a "
+            "command already forgotten"
+        )
+    return settings

@@ -17,7 +17,7 @@ import pytest
 from zlh_actors.lab.chaos import client, driver, plan, scenario
 
 SEED = 20261128
-REPLICAS, SERVERS, MINUTES = 2, 40, 1.5  # about two minutes in all, as issue [6/7] asks
+REPLICAS, SERVERS, MINUTES = 2, 40, 1.5  # about two minutes in all
 # Operations every run of this size sends: the three ways of creating, the three commands, and a
 # delete aimed at each provisioning step, right after create, and at the end of a lifecycle.
 REQUIRED = [

@@ -44,6 +44,7 @@ async def plane(lab: world.Lab, db_url: str, pool: asyncpg.Pool) -> AsyncIterato
         orphan_grace=GRACE,
         crash_backoff=0.1,
         command_retention=RETENTION.total_seconds(),
+        idempotency_ttl=RETENTION.total_seconds(),  # never longer than the retention (config.load)
     )
     async with service.running(settings, db_url) as running:
         control = harness.Control([f"http://127.0.0.1:{settings.port}"], made, lab, pool)
@@ -381,13 +382,19 @@ async def test_a_stale_agent_never_changes_state(plane: Plane) -> None:
 async def test_a_pass_forgets_commands_settled_longer_ago_than_the_retention(plane: Plane) -> None:
     control, svc = plane
     server = await running_server(control, "forgetful")
-    ids = {
-        row["kind"]: row["id"]
-        for row in await control.pool.fetch(
-            "SELECT kind, id FROM commands WHERE server_id = $1", uuid.UUID(server["id"])
+    done: dict[str, uuid.UUID] = {}
+
+    async def settled() -> bool:  # the create and an agent report, each settled `done`
+        rows = await control.pool.fetch(
+            "SELECT DISTINCT ON (kind) kind, id FROM commands WHERE server_id = $1 AND status = 'done' "
+            "AND kind IN ('create', 'report') ORDER BY kind, position",
+            uuid.UUID(server["id"]),
         )
-    }
-    create, kept = ids["create"], ids["report"]  # an agent report, settled `done` too
+        done.update((row["kind"], row["id"]) for row in rows)
+        return len(done) == 2
+
+    await helpers.assert_eventually(settled, message="the create and a report settled done")
+    create, kept = done["create"], done["report"]
     path = f"/v1/servers/{server['id']}/commands/{{}}"
     assert (await control.call("GET", path.format(create)))[0] == 200
     async with database.transaction(control.pool) as conn:

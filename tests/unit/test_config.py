@@ -54,6 +54,15 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
         config.load({name: value})
 
 
+def test_a_command_retention_shorter_than_the_idempotency_ttl_is_refused() -> None:
+    with pytest.raises(
+        errors.ConfigError, match="ZLH_COMMAND_RETENTION=3600 is shorter than ZLH_IDEMPOTENCY_TTL"
+    ):
+        config.load({"ZLH_COMMAND_RETENTION": "3600"})  # the TTL's default is a day
+    settings = config.load({"ZLH_COMMAND_RETENTION": "3600", "ZLH_IDEMPOTENCY_TTL": "3600"})
+    assert (settings.command_retention, settings.idempotency_ttl) == (3600.0, 3600.0)
+
+
 def test_every_setting_is_a_settings_field() -> None:
     fields = set(config.Settings.__dataclass_fields__)
     assert {setting.field for setting in config.SETTINGS} == fields

@@ -66,7 +66,7 @@ class Settings:
     interval: float
     orphan_grace: float
     vmid_range: tuple[int, int]
-    command_retention: datetime.timedelta = retention.KEEP_SETTLED
+    command_retention: datetime.timedelta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +133,7 @@ class Reconciler:
         self._owner = owner
         self._settings = settings
         self._lock = asyncio.Lock()
+        self._pruning = False
         self._orphans_seen: dict[tuple[int | None, uuid.UUID | None, int | None], float] = {}
         self._latest: reports.Report | None = None
         self._task: asyncio.Task[None] | None = None
@@ -170,11 +171,16 @@ class Reconciler:
     # --- one pass -----------------------------------------------------------------------------
 
     async def _pass(self, trigger: str) -> reports.Report:
-        """One pass, then the retention prune (outside the pass's lock: a large prune does not hold up
-        the next pass, such as an operator's `run_now`)."""
+        """One pass, then the retention prune, outside the pass's lock: the next pass (an operator's
+        `run_now`) does not wait for this one's prune. A prune already running here is not doubled."""
         async with self._lock:
             report = await self._reconcile(trigger)
-        await self._prune()
+        if not self._pruning:
+            self._pruning = True
+            try:
+                await self._prune()
+            finally:
+                self._pruning = False
         return report
 
     async def _reconcile(self, trigger: str) -> reports.Report:

@@ -1,18 +1,18 @@
 """What the database forgets, and when: the rows that would otherwise only accumulate.
 
-- **Settled commands** (`done`, `rejected`) once `ZLH_COMMAND_RETENTION` old (`KEEP_SETTLED`, 7 days,
-  by default). Every agent report is a
-  command, so the inbox grows with every report a container sends. A forgotten command answers 404
-  at `GET /v1/servers/{id}/commands/{cid}`; its effect stays in the journal, which is never pruned,
-  and a command still `queued` or `accepted` is never forgotten, however old.
+- **Settled commands** (`done`, `rejected`) once `ZLH_COMMAND_RETENTION` old (a week by default,
+  `KEEP_SETTLED`). Every agent report is a command, so the inbox grows with every report a container
+  sends. A forgotten command answers 404 at `GET /v1/servers/{id}/commands/{cid}`; its effect stays
+  in the journal, which is never pruned, and a command still `queued` or `accepted` is never
+  forgotten, however old.
 - **Idempotency keys** whose expiry (`ZLH_IDEMPOTENCY_TTL`) has passed: a retry after that is a new
   request anyway (the create path forgets such a key when it is used again; this forgets the ones
   never reused).
 
-Every replica prunes after each of its reconciliation passes (`loop`), outside the pass's lock, at
-most `BATCH` commands a time; replicas pruning commands at the same moment skip each other's rows
-instead of waiting for them.
-Drift reports (kept 30 days) may name a drift command that is gone: its journal entries remain.
+Every replica prunes after each of its reconciliation passes (`loop`), outside the pass's lock and
+one prune at a time, at most `BATCH` commands a time; replicas pruning commands at the same moment
+skip each other's rows instead of waiting for them. Drift reports (kept 30 days) may name a drift
+command that is gone: its journal entries remain.
 """
 
 from __future__ import annotations

@@ -384,10 +384,12 @@ async def test_a_command_answered_but_lost_or_of_another_kind_is_reported(world:
     create = world.running.commands["create"]
     world.log.commanded("alpha", server, "stop", 202, {"id": server, "command": {"id": str(lost)}})
     world.log.commanded("alpha", server, "restart", 202, {"id": server, "command": {"id": str(create)}})
+    world.log.commanded("alpha", server, "start", 202, {"id": server, "state": "running"})  # names none
     # Nothing to hold against these: refused, unanswered, and a delete of a deleted server (no command).
     world.log.commanded("alpha", server, "start", 409, {"status": 409})
     world.log.commanded("alpha", server, "start", None, None)
-    world.log.commanded("alpha", str(world.deleted.id), "delete", 202, {"id": str(world.deleted.id)})
+    gone = str(world.deleted.id)
+    world.log.commanded("alpha", gone, "delete", 202, {"id": gone, "state": "deleted"})
     report = await world.check()
     assert numbers(report) == {6}, report.table()
     found = details(report, 6)
@@ -396,7 +398,8 @@ async def test_a_command_answered_but_lost_or_of_another_kind_is_reported(world:
         f"the restart of server {server} answered command {create}, which is a create of server {server}"
         in found
     )
-    assert len(report.of(6)) == 2, report.table()
+    assert f"the start of server {server} was answered 2xx without naming a command" in found
+    assert len(report.of(6)) == 3, report.table()
 
 
 async def test_keys_and_answers_that_break_idempotency_are_reported(world: World) -> None:

@@ -13,17 +13,18 @@ command must have left, by kind (zlh_actors/servers/actor.py):
 - a rejected command: none. A command still `queued` once the system is quiescent was never applied:
   that is a violation too (the API answered 202 for it).
 
-And from the clients' side: the command every 2xx answer named exists, of that server and of that
-kind (a create answer names its `create`). A command acknowledged and then lost would otherwise leave
-nothing in the database to find; a command acknowledged and not yet applied is a `queued` row, above.
+And from the clients' side: every 2xx answer to a command names one (but a delete of a server
+already deleted, which makes none), and the command a 2xx answer names, to a command or a create,
+exists, of that server and of that kind (a create answer names its `create`). A command acknowledged
+and then lost would otherwise leave nothing in the database to find; a command acknowledged and not
+yet applied is a `queued` row, above. Assumes no settled command was forgotten during the run
+(`ZLH_COMMAND_RETENTION`, a week by default): a forgotten one "does not exist".
 """
 
 from __future__ import annotations
 
 import collections
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 from zlh_actors.lab.invariants import model
 from zlh_actors.reconciler import drift, repairs
@@ -123,37 +124,29 @@ def _repair(command: model.Command, entries: list[model.Entry]) -> list[str]:
 
 
 def _answered(database: model.Database, log: model.ClientLog) -> list[model.Violation]:
-    """Every command a 2xx answer named, against the database's."""
-    named = [
-        (answer.server_id, "create", _named(answer.body), "create")
-        for answer in log.answers
-        if answer.server_id is not None
+    """Every command a 2xx answer named (or should have), against the database's."""
+    named: list[tuple[str | None, str, str | None]] = [
+        (answer.server_id, "create", answer.command_id) for answer in log.answers if answer.command_id
     ]
-    named += [(answer.server_id, answer.kind, answer.command_id, answer.kind) for answer in log.commands]
+    named += [
+        (answer.server_id, answer.kind, answer.command_id) for answer in log.commands if answer.acknowledged
+    ]
     known = {str(command.id): command for command in database.commands}
     found = []
-    seen = set()
-    for server_id, kind, command_id, request in named:
-        if command_id is None or (server_id, kind, command_id) in seen:
-            continue  # one line for an answer repeated (a replayed create, a retried command)
-        seen.add((server_id, kind, command_id))
-        command = known.get(command_id)
-        if command is None:
+    for server_id, kind, command_id in sorted(set(named), key=str):  # a replay or a retry: once
+        command = known.get(command_id) if command_id is not None else None
+        if command_id is None:
+            found.append(f"the {kind} of server {server_id} was answered 2xx without naming a command")
+        elif command is None:
             found.append(
-                f"the {request} of server {server_id} answered command {command_id}, which does not exist"
+                f"the {kind} of server {server_id} answered command {command_id}, which does not exist"
             )
         elif (str(command.server_id), command.kind) != (server_id, kind):
             found.append(
-                f"the {request} of server {server_id} answered command {command_id}, which is a "
+                f"the {kind} of server {server_id} answered command {command_id}, which is a "
                 f"{command.kind} of server {command.server_id}"
             )
     return [model.Violation(6, detail) for detail in found]
-
-
-def _named(body: Mapping[str, Any] | None) -> str | None:
-    command = body.get("command") if body is not None else None
-    found = command.get("id") if isinstance(command, Mapping) else None
-    return found if isinstance(found, str) else None
 
 
 def checked(database: model.Database) -> int:

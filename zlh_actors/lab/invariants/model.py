@@ -47,6 +47,11 @@ class CreateAnswer:
         found = self.body.get("id")
         return found if isinstance(found, str) else None
 
+    @property
+    def command_id(self) -> str | None:
+        """The `create` command a 2xx answer names; None for any other answer."""
+        return named_command(self.body) if self.server_id is not None else None
+
 
 @dataclasses.dataclass(frozen=True)
 class CommandAnswer:
@@ -60,14 +65,24 @@ class CommandAnswer:
     body: Mapping[str, Any] | None
 
     @property
+    def acknowledged(self) -> bool:
+        """A 2xx answer that should name a command: every one but a delete of a server already
+        deleted, which is answered with the server alone (no command is made)."""
+        if self.status is None or not 200 <= self.status < 300:
+            return False
+        return not (self.kind == "delete" and self.body is not None and self.body.get("state") == "deleted")
+
+    @property
     def command_id(self) -> str | None:
-        """The command a 2xx answer names; None for any other answer, and for a delete of a server
-        already deleted (answered with the server alone)."""
-        if self.status is None or not 200 <= self.status < 300 or self.body is None:
-            return None
-        named = self.body.get("command")
-        found = named.get("id") if isinstance(named, Mapping) else None
-        return found if isinstance(found, str) else None
+        """The command a 2xx answer names; None for any other answer, or when it names none."""
+        return named_command(self.body) if self.acknowledged else None
+
+
+def named_command(body: Mapping[str, Any] | None) -> str | None:
+    """The id of the `command` an answer's body names, if any."""
+    command = body.get("command") if body is not None else None
+    found = command.get("id") if isinstance(command, Mapping) else None
+    return found if isinstance(found, str) else None
 
 
 @dataclasses.dataclass(frozen=True)
