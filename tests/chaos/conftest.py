@@ -31,6 +31,10 @@ from zlh_actors.runtime import ownership, shards
 
 SHARDS = 8  # what replicas.environment_for configures
 SAMPLE_INTERVAL = 0.05
+# A lock holder missing from pg_stat_activity: PostgreSQL takes a transaction's activity snapshot once,
+# at its first read of it, and pg_locks when it is read, so a session that connected in between holds
+# a lock the snapshot does not know.
+UNSEEN = "?"
 # How long a lease row and the lock may legitimately disagree: between taking a shard's lock and
 # recording the new epoch (which waits up to lock_timeout, 1 s, for writes in flight), and between a
 # reconnect and re-taking the shards. Longer means the lock no longer guards the lease.
@@ -39,7 +43,7 @@ DISAGREEMENT_LIMIT = 2.5
 # One snapshot: every shard's lease row, and the sessions holding its advisory lock in this database.
 SNAPSHOT = """
 WITH held AS (
-    SELECT k.objid::integer AS shard, k.pid, coalesce(a.application_name, '?') AS app
+    SELECT k.objid::integer AS shard, k.pid, coalesce(a.application_name, '?') AS app -- '?': UNSEEN
     FROM pg_locks k LEFT JOIN pg_stat_activity a ON a.pid = k.pid
     WHERE k.locktype = 'advisory' AND k.classid::bigint = $1::bigint AND k.objsubid = 2 AND k.granted
       AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -109,10 +113,12 @@ class LeaseSampler:
             lease = Lease(row["epoch"], row["owner"])
             if len(holders) > 1:
                 self.violations.append(f"shard {shard} locked by {len(holders)} sessions at once: {holders}")
+            # UNSEEN: a session that took the lock after this transaction's activity snapshot (a
+            # lease connection that just connected); it is named in the next sample.
             self.violations.extend(
                 f"shard {shard} locked by a session that is not a lease connection: {app}"
                 for app in holders
-                if not app.startswith(ownership.LEASE_APP)
+                if app != UNSEEN and not app.startswith(ownership.LEASE_APP)
             )
             before = self._last.get(shard)
             if before is not None and lease.epoch < before.epoch:
