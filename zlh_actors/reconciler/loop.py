@@ -175,12 +175,7 @@ class Reconciler:
         `run_now`) does not wait for this one's prune. A prune already running here is not doubled."""
         async with self._lock:
             report = await self._reconcile(trigger)
-        if not self._pruning:
-            self._pruning = True
-            try:
-                await self._prune()
-            finally:
-                self._pruning = False
+        await self._prune()
         return report
 
     async def _reconcile(self, trigger: str) -> reports.Report:
@@ -224,11 +219,16 @@ class Reconciler:
         return report
 
     async def _prune(self) -> None:
+        if self._pruning:
+            return  # the previous pass's prune is still running here
+        self._pruning = True
         try:
             pruned = await retention.prune(self._pool, keep_settled=self._settings.command_retention)
         except errors.ZlhError as exc:
             log.warning("could not forget old commands and expired idempotency keys: %s", exc)
             return
+        finally:
+            self._pruning = False
         if pruned.commands or pruned.idempotency_keys:
             log.info(
                 "forgot %d settled commands and %d expired idempotency keys",
