@@ -60,16 +60,6 @@ async def get(conn: database.Conn, tenant: str, key: str) -> Record | None:
     return None if record is None else database.row(Record, record)
 
 
-async def complete(
-    conn: database.Conn, tenant: str, key: str, server_id: uuid.UUID | None, status: int, body: Any
-) -> Record:
-    """Store the first answer; a key that already has one keeps it (`Conflict`)."""
-    record = await queries.fetchrow(conn, "complete_idempotency_key", tenant, key, server_id, status, body)
-    if record is None:
-        raise errors.Conflict("idempotency key already has an answer, or does not exist", key=key)
-    return database.row(Record, record)
-
-
 Pair = tuple[str, str]  # (tenant, key)
 
 
@@ -106,7 +96,7 @@ async def claim_many(
 
 async def complete_many(conn: database.Conn, answers: list[tuple[Pair, uuid.UUID | None, int, Any]]) -> None:
     """Store the first answers of claimed keys (pair, server id, status, body); `Conflict` if any of
-    them already has one or does not exist, as `complete`."""
+    them already has one or does not exist (a key keeps its first answer)."""
     records = await queries.fetch(
         conn,
         "complete_idempotency_keys",

@@ -116,13 +116,6 @@ RETURNING *;
 -- The record of a (tenant, key), expired or not. $1 tenant, $2 key
 SELECT * FROM idempotency_keys WHERE tenant = $1 AND key = $2;
 
--- complete_idempotency_key --
--- Store the first answer to a request, once. $1 tenant, $2 key, $3 server_id, $4 response_status, $5 response_body
-UPDATE idempotency_keys
-SET server_id = $3, response_status = $4, response_body = $5
-WHERE tenant = $1 AND key = $2 AND response_status IS NULL
-RETURNING *;
-
 -- prune_settled_commands --
 -- Forget at most $2 commands settled (done or rejected) longer ago than $1, skipping any another replica is forgetting at the same time; returns how many. $1 age (interval), $2 limit
 -- ARRAY(...) runs the subquery once, through commands_settled, and deletes by primary key (an IN

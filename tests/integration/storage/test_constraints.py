@@ -212,14 +212,14 @@ async def test_first_answer_is_kept(pool: asyncpg.Pool) -> None:
     fp = idempotency.fingerprint("POST", "/v1/servers", {"name": "a"})
     async with database.transaction(pool) as conn:
         await idempotency.claim(conn, "acme", "k", fp, _expiry())
-        done = await idempotency.complete(conn, "acme", "k", None, 202, {"id": "first"})
-    assert done.completed
+        await idempotency.complete_many(conn, [(("acme", "k"), None, 202, {"id": "first"})])
     with pytest.raises(errors.Conflict):
         async with database.transaction(pool) as conn:
-            await idempotency.complete(conn, "acme", "k", None, 202, {"id": "second"})
+            await idempotency.complete_many(conn, [(("acme", "k"), None, 202, {"id": "second"})])
     async with pool.acquire() as conn:
         record = await idempotency.get(conn, "acme", "k")
     assert record is not None
+    assert record.completed
     assert record.response_body == {"id": "first"}
 
 
