@@ -170,8 +170,8 @@ class Api:
             self._tally.operation(label, answer.status, answer.failure)
             body = answer.body if isinstance(answer.body, dict) else None
             self.log.commanded(script.tenant, server_id, kind, answer.status, body)
-            if isinstance(answer.body, dict) and answer.ok:
-                self._saw(script.tenant, answer.body.get("id"), label)
+            if body is not None and answer.ok:
+                self._saw(script.tenant, body.get("id"), label)
             if not answer.retryable:
                 break
         return answer
