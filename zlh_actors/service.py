@@ -168,7 +168,7 @@ async def running(settings: config.Settings, url: str) -> AsyncIterator[Service]
             api_app.Deps(
                 pool=pool,
                 settings=settings,
-                placement=create.Placement(driver),
+                placement=create.Placement(driver, starts=built.inbox),
                 replica=built,
                 metrics=counters,
                 reconciler=reconciler,

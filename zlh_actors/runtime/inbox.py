@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -91,15 +91,27 @@ class Inbox:
         code after the commit runs, hence the id is noted first) and still wakes the owner wherever
         it is. Nothing is woken if the block raises.
         """
-        if len(self._woken) >= MAX_WOKEN:
-            del self._woken[next(iter(self._woken))]
-        self._woken[command_id] = None
+        self.expect([command_id])
         try:
             yield
         except BaseException:
             self._woken.pop(command_id, None)
             raise
-        self._on_command(server_id)
+        self.wake([server_id])
+
+    def expect(self, command_ids: Iterable[uuid.UUID]) -> None:
+        """Note commands whose servers this replica wakes itself (`wake`) after their commit: their
+        notifications are skipped here. Call before the commit. A command whose transaction rolls
+        back is never notified; its id is forgotten in time, like one lost in a reconnect."""
+        for command_id in command_ids:
+            if len(self._woken) >= MAX_WOKEN:
+                del self._woken[next(iter(self._woken))]
+            self._woken[command_id] = None
+
+    def wake(self, server_ids: Iterable[uuid.UUID]) -> None:
+        """Wake the actors of the servers whose shards are owned here (the others are not ours)."""
+        for server_id in server_ids:
+            self._on_command(server_id)
 
     def _outcome(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         with contextlib.suppress(ValueError):

@@ -38,19 +38,30 @@ replica holds is left to run alone (it then replays that replica's answer). Anyt
 batch's transaction itself (a taken name, no capacity, a lock timeout) rolls the whole batch back,
 and then each of its requests runs alone in its own transaction, exactly as an unbatched create:
 one bad request never fails the others, it only costs them the fast path.
+
+Starting. A new server's `create` command wakes its actor, which starts provisioning: Proxmox calls,
+database writes, an agent to start. Given the replica's inbox (`Starts`), the creating replica wakes
+the actors of the servers it created itself, once no create is being answered here, and at most
+`START_WITHIN` after their commit; their commands' notifications are skipped here (they still reach
+the owner when another replica holds the shard). A burst of creates is thus answered before the
+provisioning it causes competes with the answers for the event loop, the interpreter and the
+machine's cores. Provisioning takes seconds; the wait adds at most `START_WITHIN` to it, and only
+while creates keep arriving. Should the replica stop before it wakes them, the commands wait in the
+inbox for the sweep, as any command whose wake-up was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -75,6 +86,7 @@ _ATTEMPTS = 5
 RECENT = 4096  # answers kept per replica: ~1-2 KiB each
 MARGIN = datetime.timedelta(seconds=60)  # near its expiry a key is looked up in the database
 MAX_BATCH = 100  # creates per transaction; the allocation lock is held for the whole batch
+START_WITHIN = 0.25  # seconds: the longest a created server's provisioning waits for answers to go out
 
 Pair = idempotency.Pair
 
@@ -89,19 +101,32 @@ class Answer:
     expires_at: datetime.datetime | None = None
 
 
+class Starts(Protocol):
+    """Who wakes a new server's actor (the replica's `runtime.inbox.Inbox`)."""
+
+    def expect(self, command_ids: Iterable[uuid.UUID]) -> None:
+        """Before the commit: these commands' servers are woken here; skip their notifications."""
+
+    def wake(self, server_ids: Iterable[uuid.UUID]) -> None:
+        """After the commit: wake the servers' actors where this replica owns them."""
+
+
 class Placement:
     """Chooses a node by free memory among online nodes, with the answer cached for a moment so a
     burst of creates does not query Proxmox once per request.
 
-    It also carries the replica's `Front` (requests in flight, recent answers, the batch queue):
-    the one per-replica object the create path is given."""
+    It also carries the replica's `Front` (requests in flight, recent answers, the batch queue, the
+    servers to start): the one per-replica object the create path is given. Without `starts`, new
+    servers are woken by their commands' notifications, at once."""
 
-    def __init__(self, driver: protocol.ProxmoxDriver, *, ttl: float = 2.0) -> None:
+    def __init__(
+        self, driver: protocol.ProxmoxDriver, *, ttl: float = 2.0, starts: Starts | None = None
+    ) -> None:
         self._driver = driver
         self._ttl = ttl
         self._cached: tuple[float, list[protocol.NodeInfo]] | None = None
         self._reading: asyncio.Task[list[protocol.NodeInfo]] | None = None
-        self.front = Front()
+        self.front = Front(starts=starts)
 
     def warm(self) -> None:
         """Start reading the node list now if the cached one is stale: a create calls this when it
@@ -191,10 +216,10 @@ class _Item:
 
 
 class Front:
-    """A replica's in-process state of creation: requests in flight by key, recent answers, and the
-    queue of creates waiting for the running batch."""
+    """A replica's in-process state of creation: requests in flight by key, recent answers, the
+    queue of creates waiting for the running batch, and the new servers waiting to be started."""
 
-    def __init__(self, *, recent: int = RECENT) -> None:
+    def __init__(self, *, recent: int = RECENT, starts: Starts | None = None) -> None:
         self.flights: dict[Pair, _Flight] = {}
         self._recent: collections.OrderedDict[Pair, _Recent] = collections.OrderedDict()
         self._capacity = recent
@@ -202,6 +227,48 @@ class Front:
         self._batcher: asyncio.Task[None] | None = None
         self.batches = 0  # batch transactions attempted, for tests and benchmarks
         self.fallbacks = 0  # of them, rolled back and run request by request
+        self._starts = starts
+        self._answering = 0  # creates being answered here (`create` calls not returned)
+        self._answered = asyncio.Event()  # set while none is
+        self._answered.set()
+        self._to_start: list[uuid.UUID] = []
+        self._starter: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around the answering of one create."""
+        self._answering += 1
+        self._answered.clear()
+        try:
+            yield
+        finally:
+            self._answering -= 1
+            if not self._answering:
+                self._answered.set()
+
+    def expect(self, commands: Iterable[uuid.UUID]) -> None:
+        """In the transaction that enqueues these `create` commands: this replica starts their servers."""
+        if self._starts is not None:
+            self._starts.expect(commands)
+
+    def start(self, server_ids: Iterable[uuid.UUID]) -> None:
+        """After the commit: wake the new servers' actors once no create is being answered here, or
+        `START_WITHIN` from now."""
+        if self._starts is None:
+            return
+        self._to_start.extend(server_ids)
+        if self._starter is None:
+            self._starter = asyncio.create_task(self._start(self._starts), name="zlh-create-starts")
+
+    async def _start(self, starts: Starts) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_WITHIN):
+                    await self._answered.wait()
+        finally:  # cancelled (the loop is ending): the sweep finds their commands
+            self._starter = None
+            server_ids, self._to_start = self._to_start, []
+        starts.wake(server_ids)
 
     def recent(self, pair: Pair) -> _Recent | None:
         """The stored answer for the key if this replica knows it and it is not near its expiry."""
@@ -288,8 +355,20 @@ async def create(
     The body is validated first, as always, except for a request identical (same fingerprint) to
     one whose answer is known or awaited here: that body was valid, and parsing it is most of what a
     duplicate would cost."""
+    with placement.front.answering():
+        return await _create(pool, settings, placement, (tenant, key), fingerprint, parse)
+
+
+async def _create(
+    pool: asyncpg.Pool,
+    settings: config.Settings,
+    placement: Placement,
+    pair: Pair,
+    fingerprint: bytes,
+    parse: Callable[[], requests.CreateRequest],
+) -> Answer:
     front = placement.front
-    pair = (tenant, key)
+    key = pair[1]
     while True:
         recent = front.recent(pair)
         if recent is not None:
@@ -374,6 +453,7 @@ async def _run_batch(
     for item, (answer, server) in zip(fresh, answers, strict=True):
         _settle(item.done, answer)
         _requested(item.pair[0], server)
+    placement.front.start(server.id for _, server in answers)
 
 
 def _requested(tenant: str, server: servers.Server) -> None:
@@ -436,7 +516,9 @@ async def _write(
     nodes: list[protocol.NodeInfo],
     expires: datetime.datetime,
 ) -> list[tuple[Answer, servers.Server]]:
-    """Every row of the claimed creates, one statement per step, under the allocation lock."""
+    """Every row of the claimed creates, one statement per step, under the allocation lock. Their
+    `create` commands are expected by the front: once the transaction commits, the caller starts
+    the new servers (`Front.start`)."""
     await allocations.lock(conn)
     chosen = await placement.choose_many(conn, [item.request.memory_mb for item in fresh], nodes)
     new = [
@@ -456,6 +538,7 @@ async def _write(
     ]
     rows = await new_servers.set_placements(conn, rows, places, generation=1)
     created = await new_servers.enqueue(conn, ids, "create")
+    placement.front.expect(command.id for command in created)  # the caller starts their servers
     bodies = []
     for server, command in zip(rows, created, strict=True):
         body = views.server(server)
@@ -543,4 +626,5 @@ async def _create_once(
                 f"a live server named {request.name!r} already exists", fields={"name": "taken"}
             ) from None
     _requested(tenant, server)
+    placement.front.start([server.id])
     return answer

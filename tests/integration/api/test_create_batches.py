@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -310,3 +312,65 @@ async def test_the_node_list_is_read_once_for_concurrent_creates_and_again_after
     driver.fail = False
     assert len(await always_stale.nodes()) == 1  # and the next one reads again
     assert driver.calls == 3
+
+
+class Starts:
+    """The replica's inbox as the create path sees it: the commands it expects, the servers it wakes,
+    and how many creates were still being answered when it woke them."""
+
+    def __init__(self) -> None:
+        self.placement = create.Placement(Nodes("pve1"), starts=self)  # type: ignore[arg-type]
+        self.expected: list[uuid.UUID] = []
+        self.woken: list[uuid.UUID] = []
+        self.answering: list[int] = []  # at each wake-up
+        self.changed = asyncio.Event()
+
+    def expect(self, command_ids: Iterable[uuid.UUID]) -> None:
+        self.expected.extend(command_ids)
+
+    def wake(self, server_ids: Iterable[uuid.UUID]) -> None:
+        self.woken.extend(server_ids)
+        self.answering.append(self.placement.front._answering)
+        self.changed.set()
+
+    async def woken_at_least(self, count: int) -> list[uuid.UUID]:
+        async with asyncio.timeout(10):
+            while len(self.woken) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.woken
+
+
+async def test_new_servers_are_started_once_every_create_is_answered(
+    pinned: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(create, "START_WITHIN", 60.0)  # longer than this test may take
+    starts = Starts()
+    where = starts.placement
+    # A create still being answered holds back the start of every server created meanwhile.
+    with where.front.answering():
+        answers = await asyncio.gather(
+            *(post(pinned, where, f"k{n}", body(f"s{n}")) for n in range(10)),
+            post(pinned, where, "k0", body("s0")),  # a duplicate
+        )
+        answers.append(await post(pinned, where, "alone", body("alone")))  # a batch of its own
+        # Their commands were expected before their commits (the inbox skips their notifications).
+        commands = {r["id"]: r["server_id"] for r in await pinned.fetch("SELECT id, server_id FROM commands")}
+        assert sorted(starts.expected) == sorted(commands)
+    # The servers are woken, each once, when nothing is being answered any more.
+    created = sorted(uuid.UUID(answer.body["id"]) for answer in answers if not answer.replayed)
+    assert sorted(await starts.woken_at_least(11)) == created == sorted(commands.values())
+    assert len(starts.woken) == 11
+    assert starts.answering
+    assert set(starts.answering) == {0}
+
+
+async def test_a_new_server_starts_within_its_bound_while_creates_keep_coming(
+    pinned: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(create, "START_WITHIN", 0.2)
+    starts = Starts()
+    with starts.placement.front.answering():  # a create that is not answered during the test
+        answer = await post(pinned, starts.placement, "k", body("s"))
+        assert await starts.woken_at_least(1) == [uuid.UUID(answer.body["id"])]
+        assert starts.answering == [1]
