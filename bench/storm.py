@@ -19,13 +19,19 @@ read (`burst`):
 4. a second baseline: `--requests` concurrent `GET /v1/servers/{id}` over the storm's servers (a
    token check and a one-row read: the least an authenticated request costs).
 
-What is checked. Every create answers 202; the answers for one key all name the same server; the
-database holds exactly `--keys` servers; exactly `requests - keys` answers are replays
-(`Idempotent-Replayed: true`). The target: the storm's p99 under 250 ms. The exit status is 1 when a
-check fails or the target is missed. The servers are deleted afterwards (not measured), so the lab's
-agents stop before the run ends.
+Rounds. One storm is one sample of a shared, noisy machine: the same code read p99s from 217 ms to
+412 ms on one machine within half an hour. So the run makes `--rounds` storms (default 5) on the same
+replica, each over keys of its own, from a client process of its own, after the previous round's
+servers were deleted (not measured) and the lab's agents had stopped. Each round prints its line;
+the full table is the median round's (by the storm's p99).
 
-    .venv/bin/python -m bench.storm [--requests 1000] [--keys 100]
+What is checked. In every round: every create answers 202; the answers for one key all name the
+same server; the database holds exactly `--keys` live servers; exactly `requests - keys` answers are
+replays (`Idempotent-Replayed: true`). The target: the median of the rounds' storm p99s under
+250 ms (the rounds that met it are counted too). The exit status is 1 when a check fails or the
+target is missed.
+
+    .venv/bin/python -m bench.storm [--requests 1000] [--keys 100] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -158,7 +164,8 @@ async def run_client(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 async def delete_all(stand: rig.Stand, ids: list[str]) -> None:
-    """Delete the storm's servers and wait until every one is `deleted` (tidying, not measured)."""
+    """Delete the storm's servers and wait until every one is `deleted` (tidying, not measured): the
+    next round starts with no server provisioning or running."""
     for server_id in ids:
         status, answer = await stand.call("DELETE", f"/v1/servers/{server_id}")
         if status != 202:
@@ -203,11 +210,25 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:9.1f} ms"
 
 
-def report(result: dict[str, Any], problems: list[str]) -> bool:
-    def seconds(phase: str) -> list[float]:
-        return [float(item["seconds"]) for item in result[phase]]
+def seconds(result: dict[str, Any], phase: str) -> list[float]:
+    return [float(item["seconds"]) for item in result[phase]]
 
-    storm = seconds("storm")
+
+def round_line(number: int, result: dict[str, Any], problems: list[str]) -> str:
+    storm, base = seconds(result, "storm"), seconds(result, "healthz_before")
+    verdict = "met" if p99(storm) < TARGET_P99 else "missed"
+    return (
+        f"  round {number}: storm p50 {ms(percentile(storm, 0.5)).strip()}, p99 {ms(p99(storm)).strip()} "
+        f"({p99(storm) / p99(base):.2f}x the p99 of GET /healthz before it, "
+        f"{ms(p99(base)).strip()}); {verdict}; {len(problems)} problems"
+    )
+
+
+def table(result: dict[str, Any], problems: list[str]) -> None:
+    def of(phase: str) -> list[float]:
+        return seconds(result, phase)
+
+    storm = of("storm")
     header = "p50         p99         max     ratio p50  ratio p99"
     print(f"\nlatency of {len(storm):,} concurrent requests     {header}")
     rows = (
@@ -216,9 +237,9 @@ def report(result: dict[str, Any], problems: list[str]) -> bool:
         ("healthz_after", "GET /healthz, after"),
         ("get_server", "GET /v1/servers/{id}, after"),
     )
-    base = seconds("healthz_before")
+    base = of("healthz_before")
     for phase, label in rows:
-        samples = seconds(phase)
+        samples = of(phase)
         if not samples:
             continue
         print(
@@ -227,10 +248,10 @@ def report(result: dict[str, Any], problems: list[str]) -> bool:
         )
     print(
         "  storm over the other baselines (p50, p99): GET /healthz after "
-        f"{percentile(storm, 0.5) / percentile(seconds('healthz_after'), 0.5):.2f}x, "
-        f"{p99(storm) / p99(seconds('healthz_after')):.2f}x; GET /v1/servers/{{id}} "
-        f"{percentile(storm, 0.5) / percentile(seconds('get_server'), 0.5):.2f}x, "
-        f"{p99(storm) / p99(seconds('get_server')):.2f}x"
+        f"{percentile(storm, 0.5) / percentile(of('healthz_after'), 0.5):.2f}x, "
+        f"{p99(storm) / p99(of('healthz_after')):.2f}x; GET /v1/servers/{{id}} "
+        f"{percentile(storm, 0.5) / percentile(of('get_server'), 0.5):.2f}x, "
+        f"{p99(storm) / p99(of('get_server')):.2f}x"
     )
     first = [item["seconds"] for item in result["storm"] if not item["replayed"]]
     replays = [item["seconds"] for item in result["storm"] if item["replayed"]]
@@ -246,45 +267,67 @@ def report(result: dict[str, Any], problems: list[str]) -> bool:
     )
     for problem in problems:
         print(f"  WRONG: {problem}")
-    passed = p99(storm) < TARGET_P99 and not problems
+
+
+def report(rounds: list[tuple[dict[str, Any], list[str]]]) -> bool:
+    """The median round's table and the verdict over every round."""
+    p99s = [p99(seconds(result, "storm")) for result, _ in rounds]
+    median = statistics.median_high(p99s)  # with an even number of rounds, the worse middle one
+    result, problems = rounds[p99s.index(median)]
+    print(f"\nthe median round ({p99s.index(median) + 1} of {len(rounds)}, by the storm's p99):")
+    table(result, problems)
+    wrong = sum(len(problems) for _, problems in rounds)
+    met = sum(1 for value in p99s if value < TARGET_P99)
+    passed = median < TARGET_P99 and not wrong
     verdict = "PASS" if passed else "FAIL"
     print(
-        f"\ntarget: storm p99 < {TARGET_P99 * 1000:.0f} ms, one server per key, answers agree: {verdict} "
-        f"(p99 {p99(storm) * 1000:.1f} ms, {len(problems)} problems)"
+        f"\ntarget: median storm p99 < {TARGET_P99 * 1000:.0f} ms, one server per key, answers agree: "
+        f"{verdict} (median p99 {median * 1000:.1f} ms; met in {met} of {len(rounds)} rounds; "
+        f"{wrong} problems)"
     )
     return passed
 
 
+async def one_round(stand: rig.Stand, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """One storm from a new client process, checked, and its servers deleted."""
+    plan = {
+        "base_url": stand.base_url,
+        "token": stand.tokens[rig.TENANT],
+        "requests": args.requests,
+        "keys": args.keys,
+        "run": uuid.uuid4().hex[:8],
+    }
+    result = await run_client(plan)
+    async with stand.pool.acquire() as conn:
+        in_database = await conn.fetchval("SELECT count(*) FROM servers WHERE state <> 'deleted'")
+    problems = check(result["storm"], args.keys, in_database)
+    ids = sorted({item["answer"]["id"] for item in result["storm"] if item["status"] == 202})
+    await delete_all(stand, ids)
+    return result, problems
+
+
 async def run(args: argparse.Namespace) -> bool:
     print(f"machine: {machine()}")
+    rounds = []
     async with rig.in_process(lab_apart=True, db_pool_size=args.pool_size) as stand:
         print(
-            f"run: {args.requests:,} concurrent creates over {args.keys} idempotency keys "
-            f"({args.requests // args.keys} each); one in-process replica "
-            f"(pool {stand.settings.db_pool_size}); the client in its own process"
+            f"run: {args.rounds} rounds of {args.requests:,} concurrent creates over {args.keys} "
+            f"idempotency keys ({args.requests // args.keys} each); one in-process replica "
+            f"(pool {stand.settings.db_pool_size}); the client in its own process; each round's "
+            "servers deleted before the next (not measured)"
         )
-        plan = {
-            "base_url": stand.base_url,
-            "token": stand.tokens[rig.TENANT],
-            "requests": args.requests,
-            "keys": args.keys,
-            "run": uuid.uuid4().hex[:8],
-        }
-        result = await run_client(plan)
-        async with stand.pool.acquire() as conn:
-            in_database = await conn.fetchval("SELECT count(*) FROM servers")
-        problems = check(result["storm"], args.keys, in_database)
+        for number in range(1, args.rounds + 1):
+            rounds.append(await one_round(stand, args))
+            print(round_line(number, *rounds[-1]), flush=True)
         await stand.print_health()
-        print(f"  {in_database} servers in the database; deleting them (not measured) ...", flush=True)
-        ids = sorted({item["answer"]["id"] for item in result["storm"] if item["status"] == 202})
-        await delete_all(stand, ids)
-    return report(result, problems)
+    return report(rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=1000, help="concurrent creates (default 1000)")
     parser.add_argument("--keys", type=int, default=100, help="idempotency keys among them (default 100)")
+    parser.add_argument("--rounds", type=int, default=5, help="storms, one after another (default 5)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     rig.add_pool_size(parser)
     args = parser.parse_args(argv)
@@ -293,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.requests % args.keys:
         parser.error("--requests must be a multiple of --keys")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return 0 if asyncio.run(run(args)) else 1
 
 
