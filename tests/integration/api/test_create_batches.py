@@ -323,7 +323,6 @@ class Starts:
         self.expected: list[uuid.UUID] = []
         self.woken: list[uuid.UUID] = []
         self.answering: list[int] = []  # at each wake-up
-        self.changed = asyncio.Event()
 
     def expect(self, command_ids: Iterable[uuid.UUID]) -> None:
         self.expected.extend(command_ids)
@@ -331,13 +330,12 @@ class Starts:
     def wake(self, server_ids: Iterable[uuid.UUID]) -> None:
         self.woken.extend(server_ids)
         self.answering.append(self.placement.front._answering)
-        self.changed.set()
 
     async def woken_at_least(self, count: int) -> list[uuid.UUID]:
-        async with asyncio.timeout(10):
-            while len(self.woken) < count:
-                self.changed.clear()
-                await self.changed.wait()
+        async def enough() -> bool:
+            return len(self.woken) >= count
+
+        await helpers.assert_eventually(enough, message=f"{count} servers woken")
         return self.woken
 
 
