@@ -107,21 +107,19 @@ class Wakes:
 
     def __init__(self) -> None:
         self.servers: list[uuid.UUID] = []
-        self.changed = asyncio.Event()
         self.connected = asyncio.Event()
 
     def __call__(self, server_id: uuid.UUID) -> None:
         self.servers.append(server_id)
-        self.changed.set()
 
     async def reconnected(self) -> None:
         self.connected.set()
 
     async def until(self, count: int) -> list[uuid.UUID]:
-        async with asyncio.timeout(10):
-            while len(self.servers) < count:
-                self.changed.clear()
-                await self.changed.wait()
+        async def enough() -> bool:
+            return len(self.servers) >= count
+
+        await helpers.assert_eventually(enough, message=f"{count} servers woken")
         return self.servers
 
 
