@@ -27,6 +27,16 @@ async def assert_eventually(
         await asyncio.sleep(interval)
 
 
+async def at_least(items: list[T], count: int, *, message: str, timeout: float = 10.0) -> list[T]:
+    """`items` (a list something else appends to), once it holds at least `count` of them."""
+
+    async def enough() -> bool:
+        return len(items) >= count
+
+    await assert_eventually(enough, timeout=timeout, message=message)
+    return items
+
+
 async def race(
     pool: asyncpg.Pool, attempt: Callable[[database.Conn], Awaitable[T]], contenders: int = 2
 ) -> list[T | BaseException]:

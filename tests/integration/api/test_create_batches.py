@@ -332,11 +332,7 @@ class Starts:
         self.answering.append(self.placement.front._answering)
 
     async def woken_at_least(self, count: int) -> list[uuid.UUID]:
-        async def enough() -> bool:
-            return len(self.woken) >= count
-
-        await helpers.assert_eventually(enough, message=f"{count} servers woken")
-        return self.woken
+        return await helpers.at_least(self.woken, count, message=f"{count} servers woken")
 
 
 async def test_new_servers_are_started_once_every_create_is_answered(

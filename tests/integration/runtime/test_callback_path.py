@@ -116,11 +116,7 @@ class Wakes:
         self.connected.set()
 
     async def until(self, count: int) -> list[uuid.UUID]:
-        async def enough() -> bool:
-            return len(self.servers) >= count
-
-        await helpers.assert_eventually(enough, message=f"{count} servers woken")
-        return self.servers
+        return await helpers.at_least(self.servers, count, message=f"{count} servers woken")
 
 
 async def test_the_replica_that_enqueues_wakes_the_actor_once_not_twice(
