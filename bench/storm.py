@@ -225,21 +225,19 @@ def round_line(number: int, result: dict[str, Any], problems: list[str]) -> str:
 
 
 def table(result: dict[str, Any], problems: list[str]) -> None:
-    def of(phase: str) -> list[float]:
-        return seconds(result, phase)
-
-    storm = of("storm")
+    labels = {
+        "healthz_before": "GET /healthz, before (baseline)",
+        "storm": "POST /v1/servers, the storm",
+        "healthz_after": "GET /healthz, after",
+        "get_server": "GET /v1/servers/{id}, after",
+    }
+    phases = {phase: seconds(result, phase) for phase in labels}
+    storm, base = phases["storm"], phases["healthz_before"]
+    after, get = phases["healthz_after"], phases["get_server"]
     header = "p50         p99         max     ratio p50  ratio p99"
     print(f"\nlatency of {len(storm):,} concurrent requests     {header}")
-    rows = (
-        ("healthz_before", "GET /healthz, before (baseline)"),
-        ("storm", "POST /v1/servers, the storm"),
-        ("healthz_after", "GET /healthz, after"),
-        ("get_server", "GET /v1/servers/{id}, after"),
-    )
-    base = of("healthz_before")
-    for phase, label in rows:
-        samples = of(phase)
+    for phase, label in labels.items():
+        samples = phases[phase]
         if not samples:
             continue
         print(
@@ -248,10 +246,9 @@ def table(result: dict[str, Any], problems: list[str]) -> None:
         )
     print(
         "  storm over the other baselines (p50, p99): GET /healthz after "
-        f"{percentile(storm, 0.5) / percentile(of('healthz_after'), 0.5):.2f}x, "
-        f"{p99(storm) / p99(of('healthz_after')):.2f}x; GET /v1/servers/{{id}} "
-        f"{percentile(storm, 0.5) / percentile(of('get_server'), 0.5):.2f}x, "
-        f"{p99(storm) / p99(of('get_server')):.2f}x"
+        f"{percentile(storm, 0.5) / percentile(after, 0.5):.2f}x, {p99(storm) / p99(after):.2f}x; "
+        f"GET /v1/servers/{{id}} {percentile(storm, 0.5) / percentile(get, 0.5):.2f}x, "
+        f"{p99(storm) / p99(get):.2f}x"
     )
     first = [item["seconds"] for item in result["storm"] if not item["replayed"]]
     replays = [item["seconds"] for item in result["storm"] if item["replayed"]]
