@@ -429,9 +429,13 @@ SELECT id, state, desired_state, node, vmid, host(ip) AS ip, generation, version
 WHERE id = ANY ($1::uuid[])
 ORDER BY id;
 
+-- forget_foreign_vmid --
+-- Forget that a VMID holds a stranger's guest (it held our orphan, now destroyed): it can be allocated again. $1 vmid
+DELETE FROM vmid_allocations WHERE vmid = $1 AND status = 'foreign' RETURNING vmid;
+
 -- live_vmids --
--- The VMIDs of a range that have a live allocation, ours or foreign. $1 low, $2 high
-SELECT vmid FROM vmid_allocations WHERE status <> 'released' AND vmid BETWEEN $1 AND $2 ORDER BY vmid;
+-- The VMIDs of a range that have a live allocation, ours or foreign, with its status. $1 low, $2 high
+SELECT vmid, status FROM vmid_allocations WHERE status <> 'released' AND vmid BETWEEN $1 AND $2 ORDER BY vmid;
 
 -- has_queued_command --
 -- Whether a server has a queued command of this kind. $1 server_id, $2 kind

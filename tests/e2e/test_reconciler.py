@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage import commands, database
+from storage import allocations, commands, database
 from tests import helpers
 from tests.e2e import harness
 from zlh_actors import service
@@ -200,6 +200,26 @@ async def test_an_untagged_container_with_our_marks_is_an_orphan_not_a_stranger(
     [found] = await reconcile(svc, "orphan")
     assert (found["vmid"], found["server_id"], found["generation"]) == (vmid, str(ghost), 1)
     assert await reconcile(svc, "foreign") == []
+
+    async def gone() -> bool:
+        return any(e["action"].startswith("destroyed") for e in await reconcile(svc, "orphan"))
+
+    await helpers.assert_eventually(gone, timeout=GRACE + 10, interval=0.2, message="orphan never destroyed")
+    assert vmid not in await control.containers()
+    assert await control.pool.fetchval("SELECT count(*) FROM vmid_allocations WHERE vmid = $1", vmid) == 0
+
+
+async def test_our_orphan_at_a_vmid_marked_foreign_is_destroyed_and_the_vmid_freed(plane: Plane) -> None:
+    # A clone retried by a frozen replica once it woke, after the new owner had deleted its server:
+    # the next server given the VMID found it there, took it for a stranger's and marked the VMID
+    # foreign (seen in `python -m bench.peer`, session 9). Our marks still make it an orphan.
+    control, svc = plane
+    vmid, ghost = 10061, uuid.uuid4()
+    await plant_ours(control.lab, vmid, ghost, generation=1, tagged=False)
+    async with control.pool.acquire() as conn:
+        await allocations.mark_vmid_foreign(conn, vmid)
+    [found] = await reconcile(svc, "orphan")
+    assert (found["vmid"], found["server_id"], found["generation"]) == (vmid, str(ghost), 1)
 
     async def gone() -> bool:
         return any(e["action"].startswith("destroyed") for e in await reconcile(svc, "orphan"))

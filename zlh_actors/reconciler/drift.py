@@ -11,8 +11,8 @@ The kinds:
 
 - `orphan`: a guest tagged `zlh` whose server is unknown, deleted, or has moved on to another
   generation or VMID (a container the database no longer accounts for). The loop passes an untagged
-  container whose VMID nobody holds as tagged with the marks of its description, when it has them
-  (a clone that landed after its server was gone, before any step could tag it: `loop`).
+  container whose VMID none of our servers holds as tagged with the marks of its description, when
+  it has them (a clone that landed after its server was gone, before any step could tag it: `loop`).
 - `missing`: the database says the server's container exists (a state in which the chart accepts
   `lost`), and no guest carries its marks at its VMID. `failed.provisioning` is left out: the
   failure may have come before the clone, and re-provisioning a failed server is the user's retry.

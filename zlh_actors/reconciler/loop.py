@@ -241,7 +241,9 @@ class Reconciler:
         low, high = self._settings.vmid_range
         async with database.transaction(self._pool) as conn:
             servers = [_record(row) for row in await queries.fetch(conn, "reconcile_servers", count, owned)]
-            allocated = [row["vmid"] for row in await queries.fetch(conn, "live_vmids", low, high)]
+            live = await queries.fetch(conn, "live_vmids", low, high)
+        allocated = [row["vmid"] for row in live]
+        ours = {row["vmid"] for row in live if row["status"] != "foreign"}
         mine = set(owned)
 
         def judged_here(guest: protocol.GuestSummary) -> bool:
@@ -250,8 +252,7 @@ class Reconciler:
             return guest.vmid % count in mine
 
         listed = [guest for guest in await self._driver.list_guests() if judged_here(guest)]
-        held = set(allocated)
-        guests = [_guest(await self._with_marks(guest, held)) for guest in listed]
+        guests = [_guest(await self._with_marks(guest, ours)) for guest in listed]
         running = {
             (guest.server_id, guest.generation, guest.vmid)
             for guest in guests
@@ -276,19 +277,21 @@ class Reconciler:
             others = [_record(row) for row in rows]
         return _World(servers, others, guests, agents, allocated)
 
-    async def _with_marks(self, guest: protocol.GuestSummary, held: set[int]) -> protocol.GuestSummary:
+    async def _with_marks(self, guest: protocol.GuestSummary, ours: set[int]) -> protocol.GuestSummary:
         """The guest, judged by the marks in its description when it carries no tags but could be ours.
 
         Tags are set after the clone, by the step that asked for it (PVE's clone takes a description
-        but no tags). A clone whose request outlived its replica (killed with the request sent) can
-        land after its server was deleted and its VMID released: untagged, unheld, it would be judged
-        a stranger and its VMID marked foreign, the container kept for ever. Its description says
-        whose it is, so such a guest is judged as tagged with those marks (an orphan, destroyed after
-        the grace, or accounted for by its server). One config read per untagged container in the
-        range that nobody holds: strangers, which are marked foreign once and then held.
+        but no tags). A clone whose request outlived its replica (killed, or frozen, with the request
+        sent or about to be retried) can land after its server was deleted and its VMID released:
+        untagged, it would be judged a stranger and its VMID marked foreign, the container kept for
+        ever. Its description says whose it is, so such a guest is judged as tagged with those marks
+        (an orphan, destroyed after the grace, or accounted for by its server). That holds at a VMID
+        already marked foreign too: the next server given the VMID finds the clone there, takes it
+        for a stranger's and marks the VMID foreign. One config read per untagged container in the
+        range that none of our servers holds (strangers, read at every pass).
         """
         low, high = self._settings.vmid_range
-        if guest.tagged or guest.kind != "lxc" or guest.template or guest.vmid in held:
+        if guest.tagged or guest.kind != "lxc" or guest.template or guest.vmid in ours:
             return guest
         if not low <= guest.vmid <= high:
             return guest
@@ -367,7 +370,12 @@ class Reconciler:
         except pve_errors.NotOwned:
             return reports.entry(found, "left alone: its description does not carry the marks its tags claim")
         self._orphans_seen.pop(key, None)
+        async with database.transaction(self._pool) as conn:
+            # Marked foreign by a step that took the orphan for a stranger's: the VMID is free again.
+            forgotten = await queries.fetchval(conn, "forget_foreign_vmid", found.vmid)
         log.warning("reconciler: destroyed orphan container %s (%s)", found.vmid, found.reason)
+        if forgotten is not None:
+            return reports.entry(found, f"destroyed ({outcome.value}); its VMID is no longer marked foreign")
         return reports.entry(found, f"destroyed ({outcome.value})")
 
     def _forget_orphans_not_in(self, found: list[drift.Drift]) -> None:
