@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import fakepve
 
-from zlh_actors.proxmox import driver, marks, protocol, settings
+from zlh_actors.proxmox import marks, protocol, settings
 
 T = TypeVar("T")
 
@@ -216,14 +216,6 @@ def spec(index: int, *, node: str = NODES[1], generation: int = 1, **changes: An
     }
     values.update(changes)
     return protocol.ContainerSpec(**values)
-
-
-async def running(pve: driver.ProxmoxerDriver, index: int) -> protocol.ContainerSpec:
-    """Test server number `index`'s container, created and started; its spec."""
-    made = spec(index)
-    await pve.ensure_container(made)
-    await pve.start(made.ref)
-    return made
 
 
 def owner(spec_: protocol.ContainerSpec) -> marks.Marks:

@@ -11,6 +11,13 @@ from zlh_actors import errors as zlh_errors
 from zlh_actors.proxmox import driver, errors, protocol
 
 
+async def _running(pve: driver.ProxmoxerDriver, index: int) -> protocol.ContainerSpec:
+    spec = fakecluster.spec(index)
+    await pve.ensure_container(spec)
+    await pve.start(spec.ref)
+    return spec
+
+
 async def test_task_error_is_task_failed_with_the_log(
     cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
 ) -> None:
@@ -139,7 +146,7 @@ async def test_unanswered_request_is_a_read_timeout(cluster: fakecluster.FakeClu
 async def test_offline_node_is_node_unreachable(
     cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
 ) -> None:
-    spec = await fakecluster.running(pve, 47)
+    spec = await _running(pve, 47)
     cluster.call(lambda: cluster.pve.set_node_offline("pve2"))
 
     with pytest.raises(errors.NodeUnreachable) as caught:
@@ -232,7 +239,7 @@ async def test_lost_quorum_is_no_quorum(
 async def test_booleans_are_sent_as_0_and_1(
     cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
 ) -> None:
-    spec = await fakecluster.running(pve, 52)
+    spec = await _running(pve, 52)
     await pve.stop(spec.ref)
     bodies = [body for method, _, body in cluster.requests() if method != "GET"]
     [(_, _, clone)] = cluster.requests("POST", "/clone")

@@ -73,7 +73,9 @@ class LostLease:
 async def test_a_step_sends_no_proxmox_write_once_its_lease_is_lost(
     cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
 ) -> None:
-    spec = await fakecluster.running(pve, 46)
+    spec = fakecluster.spec(46)
+    await pve.ensure_container(spec)
+    await pve.start(spec.ref)
     now = datetime.datetime.now(datetime.UTC)
     server = servers.Server(
         id=servers.ServerId(spec.server_id),
