@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import ipaddress
-from collections.abc import AsyncIterator
-
 import pytest
 
-from storage import database, servers
 from tests.integration.proxmox import fakecluster
-from zlh_actors import config
 from zlh_actors import errors as zlh_errors
 from zlh_actors.proxmox import client, driver
-from zlh_actors.servers import provisioning
 
 
 async def test_a_guarded_write_checks_before_each_try_and_sends_no_retry_once_the_check_fails(
@@ -55,56 +47,3 @@ async def test_a_write_whose_check_fails_is_never_sent(
         await pve.ensure_container(spec)
     assert cluster.requests("POST", "/clone") == []
     assert cluster.config(spec.vmid) is None
-
-
-class LostLease:
-    """An actor's `Writes` once another replica owns the server: every fenced transaction fails."""
-
-    def __init__(self) -> None:
-        self.checks = 0
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[database.Conn]:
-        self.checks += 1
-        raise zlh_errors.OwnershipLost("this replica does not own the server's shard")
-        yield  # pragma: no cover (never reached: an async generator needs a yield)
-
-
-async def test_a_step_sends_no_proxmox_write_once_its_lease_is_lost(
-    cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
-) -> None:
-    spec = fakecluster.spec(46)
-    await pve.ensure_container(spec)
-    await pve.start(spec.ref)
-    now = datetime.datetime.now(datetime.UTC)
-    server = servers.Server(
-        id=servers.ServerId(spec.server_id),
-        tenant="acme",
-        name=spec.name,
-        spec={},
-        state="deleting.stopping_container",
-        desired_state="deleted",
-        node=spec.node,
-        vmid=spec.vmid,
-        ip=ipaddress.IPv4Address("10.20.46.10"),
-        game_port=25565,
-        generation=spec.generation,
-        version=7,
-        last_error=None,
-        created_at=now,
-        updated_at=now,
-        deleted_at=None,
-    )
-    work = provisioning.Provisioning(
-        None,  # type: ignore[arg-type]  # the step reads nothing from the database
-        config.Settings(),
-        pve,
-        None,  # type: ignore[arg-type]  # nor asks the agent
-        callback_base="http://127.0.0.1:1",
-    )
-    writes = LostLease()
-    with pytest.raises(zlh_errors.OwnershipLost):
-        await work.perform(server, writes)
-    assert writes.checks == 1
-    assert cluster.requests("POST", f"/lxc/{spec.vmid}/status/shutdown") == []
-    assert cluster.requests("POST", f"/lxc/{spec.vmid}/status/stop") == []
