@@ -21,27 +21,18 @@ Retries, and why they differ by method:
   from a template serialises on the template's `disk` lock, and a backup or migration holds a
   guest for a while. Any other failure of a write is ambiguous (the response may be what got lost),
   so it goes up to the driver, which re-reads the state before trying again.
-
-Guarded writes. Within `guarded(check)` every write awaits `check()` before each request it sends,
-first try or retry. A server actor's step sets it to a transaction fenced by its lease, so a replica
-that lost the server's shard sends nothing more for it: one frozen (SIGSTOP, a stalled VM) while a
-clone waited out the template's lock sent that clone when it woke, after the new owner had deleted
-the server, and left a container behind (`python -m bench.peer`, session 9). Without it the window
-was the whole back-off; with it, what is left is the instant between the check and the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import contextvars
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import proxmoxer
@@ -54,22 +45,6 @@ from zlh_actors.proxmox import settings as settings_module
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-Check = Callable[[], Awaitable[None]]
-_GUARD: contextvars.ContextVar[Check | None] = contextvars.ContextVar("zlh_proxmox_guard", default=None)
-
-
-@contextlib.contextmanager
-def guarded(check: Check) -> Iterator[None]:
-    """Within the block (and the tasks it starts), every write awaits `check()` before each request
-    it sends; an error `check` raises is the write's."""
-    token = _GUARD.set(check)
-    try:
-        yield
-    finally:
-        _GUARD.reset(token)
-
-
 Param = str | int | float | bool | None
 Encoded = dict[str, str | int | float]
 
@@ -236,15 +211,8 @@ class Client:
     ) -> Any:
         """POST, PUT or DELETE. Retried only while PVE reports a held lock, until `lock_deadline`
         (a `time.monotonic()` value; None: not retried)."""
-
-        async def attempt() -> Any:
-            check = _GUARD.get()
-            if check is not None:
-                await check()
-            return await self._once(method, path, params)
-
         return await retry(
-            attempt,
+            lambda: self._once(method, path, params),
             retry_on=(errors.Locked, errors.LockTimeout),
             backoff=self.backoff(),
             attempts=1 if lock_deadline is None else None,

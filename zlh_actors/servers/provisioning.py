@@ -47,7 +47,6 @@ from mcstatus import JavaServer
 from storage import agents, allocations, database, journal, launchers, queries, servers
 from zlh_actors import config, errors
 from zlh_actors.agent import manifest, wire
-from zlh_actors.proxmox import client as pve_client
 from zlh_actors.proxmox import errors as pve_errors
 from zlh_actors.proxmox import protocol
 from zlh_actors.servers import agent_client, effects
@@ -143,8 +142,7 @@ class Provisioning:
         if step is None:
             return Step()
         try:
-            with pve_client.guarded(lambda: _still_owner(writes)):
-                return await step(self, server, writes)
+            return await step(self, server, writes)
         except errors.Transient as exc:
             log.info("server %s: %s: %s; trying again", server.id, server.state, exc)
             return Step(retry_after=1.0)
@@ -529,12 +527,6 @@ class Provisioning:
             await allocations.move(conn, server.id, ("reserved", "in_use", "releasing"), "released")
             await agents.revoke_tokens(conn, server.id)
         return Step(event="released")
-
-
-async def _still_owner(writes: effects.Writes) -> None:
-    """`OwnershipLost` unless the actor's lease still holds: checked before each Proxmox write."""
-    async with writes.transaction():
-        pass
 
 
 _STEPS = {
