@@ -21,18 +21,27 @@ Retries, and why they differ by method:
   from a template serialises on the template's `disk` lock, and a backup or migration holds a
   guest for a while. Any other failure of a write is ambiguous (the response may be what got lost),
   so it goes up to the driver, which re-reads the state before trying again.
+
+Guarded writes. Within `guarded(check)` every write calls `check()` just before each request it
+sends, first try or retry, and an error it raises is the write's. A server actor's step sets it to
+its lease check (`effects.Writes.check`), which asks no database: a replica frozen (SIGSTOP, a
+stalled VM) while a clone waited out the template's lock used to send that clone from its retry
+loop when it woke, after the new owner had deleted the server, and left a container behind
+(`python -m bench.peer`). Its heartbeat is overdue the instant it wakes, so it now sends nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import proxmoxer
@@ -45,6 +54,22 @@ from zlh_actors.proxmox import settings as settings_module
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Check = Callable[[], None]
+_GUARD: contextvars.ContextVar[Check | None] = contextvars.ContextVar("zlh_proxmox_guard", default=None)
+
+
+@contextlib.contextmanager
+def guarded(check: Check) -> Iterator[None]:
+    """Within the block (and the tasks it starts), every write calls `check()` before each request
+    it sends; an error `check` raises is the write's, and the request is not sent."""
+    token = _GUARD.set(check)
+    try:
+        yield
+    finally:
+        _GUARD.reset(token)
+
+
 Param = str | int | float | bool | None
 Encoded = dict[str, str | int | float]
 
@@ -211,8 +236,15 @@ class Client:
     ) -> Any:
         """POST, PUT or DELETE. Retried only while PVE reports a held lock, until `lock_deadline`
         (a `time.monotonic()` value; None: not retried)."""
+
+        async def attempt() -> Any:
+            check = _GUARD.get()
+            if check is not None:
+                check()
+            return await self._once(method, path, params)
+
         return await retry(
-            lambda: self._once(method, path, params),
+            attempt,
             retry_on=(errors.Locked, errors.LockTimeout),
             backoff=self.backoff(),
             attempts=1 if lock_deadline is None else None,

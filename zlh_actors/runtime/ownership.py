@@ -185,8 +185,9 @@ class LeaseManager:
             raise
         self._conn = conn
         await self._q("ensure_shards", self.settings.shard_count)
+        sent = time.monotonic()
         await self._q("register_replica", self.replica_id, self._host, self._pid, self._http_port)
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = sent
         log.info("replica %s registered (%d shards)", self.replica_id, self.settings.shard_count)
 
     async def _drop_connection(self, reason: str) -> None:
@@ -227,7 +228,7 @@ class LeaseManager:
 
     async def tick(self) -> None:
         """One round: heartbeat, evict presumed-dead replicas, then take or give shards."""
-        if time.monotonic() - self._last_heartbeat > self.settings.lease_timeout and self.owned:
+        if not self.heartbeat_fresh() and self.owned:
             # We may already be presumed dead: fence ourselves before anyone else has to.
             await self._drop_connection("heartbeat overdue")
             return
@@ -244,11 +245,21 @@ class LeaseManager:
             for shard in sorted(self.owned, reverse=True)[: len(self.owned) - target]:
                 await self._release(shard)
 
+    def heartbeat_fresh(self) -> bool:
+        """Our last heartbeat is younger than the lease timeout, so peers still count us live.
+
+        Judged on this process's clock with no database call, from when the heartbeat was *sent*
+        (the database dated it no earlier): a process that was frozen past its lease (SIGSTOP, a
+        stalled VM) sees this false the instant it wakes, before its lease loop has run.
+        """
+        return time.monotonic() - self._last_heartbeat <= self.settings.lease_timeout
+
     async def _beat(self) -> None:
         """Write the heartbeat; `OwnershipLost` if a peer has already presumed us dead."""
+        sent = time.monotonic()
         if await self._val("heartbeat", self.replica_id) is None:
             raise errors.OwnershipLost("this replica was presumed dead by a peer")
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = sent
 
     async def _while_beating(self, work: Awaitable[None]) -> None:
         """Run `work` (a drain that may take seconds) while the heartbeat goes on, so that a graceful

@@ -89,6 +89,12 @@ class Replica(Generic[M]):
             )
         return lease
 
+    def holds(self, lease: fencing.Lease) -> bool:
+        """`lease` is still this replica's as far as it knows without asking the database: it is
+        the shard's current lease here, and the heartbeat that keeps it is fresh. For work the
+        database cannot fence, such as a request to Proxmox."""
+        return self.leases.get(lease.shard) is lease and self.leasing.heartbeat_fresh()
+
     def owns(self, server_id: uuid.UUID) -> bool:
         """This replica holds the lease of the server's shard (as of now: leases move)."""
         return self.shard_of(server_id) in self.leases

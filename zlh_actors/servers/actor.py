@@ -126,6 +126,9 @@ class Owner(Protocol):
     def lease_for(self, server_id: uuid.UUID) -> fencing.Lease:
         """The lease to write under; `OwnershipLost` when the server is not ours."""
 
+    def holds(self, lease: fencing.Lease) -> bool:
+        """`lease` is still ours, judged without the database (see `Replica.holds`)."""
+
     def route(self, server_id: uuid.UUID) -> None:
         """Wake the server's actor (if still ours)."""
 
@@ -165,17 +168,27 @@ def _journaled() -> None:
 
 
 class _FencedWrites:
-    """The fenced transactions of one wake-up. Given `announce`, their journal entries are not
-    NOTIFYed at commit (`fencing`'s `quiet`); `announce` is called after each commit that wrote one."""
+    """The fenced transactions of one wake-up, and the lease check for what the database cannot
+    fence. Given `announce`, their journal entries are not NOTIFYed at commit (`fencing`'s `quiet`);
+    `announce` is called after each commit that wrote one."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         lease: fencing.Lease,
-        counter: fencing.FenceCounter,
+        owner: Owner,
         announce: Announce | None = None,
     ) -> None:
-        self._pool, self._lease, self._counter, self._announce = pool, lease, counter, announce
+        self._pool, self._lease, self._owner, self._announce = pool, lease, owner, announce
+        self._counter = owner.fence
+
+    def check(self) -> None:
+        if not self._owner.holds(self._lease):
+            raise errors.OwnershipLost(
+                "shard lease no longer held here (lost, or the heartbeat is overdue); refusing to act",
+                shard=self._lease.shard,
+                held_epoch=self._lease.epoch,
+            )
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
         return self._committing(
@@ -253,7 +266,7 @@ class ServerHandler:
         return self._owner
 
     def _writes(self, lease: fencing.Lease) -> _FencedWrites:
-        return _FencedWrites(self._pool, lease, self.owner.fence, self._announce)
+        return _FencedWrites(self._pool, lease, self.owner, self._announce)
 
     async def __call__(self, server_id: uuid.UUID, message: Wake) -> str:
         lease = self.owner.lease_for(server_id)

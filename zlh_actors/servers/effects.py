@@ -38,6 +38,11 @@ class Writes(Protocol):
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]: ...
 
+    def check(self) -> None:
+        """`OwnershipLost` unless the actor's lease still holds, judged without the database (the
+        lease is still this replica's and its heartbeat is fresh). For effects the database cannot
+        fence: called before each request to Proxmox."""
+
 
 class Effects(Protocol):
     def deadline(self, state: str) -> float | None:

@@ -8,6 +8,7 @@ exercise.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ import pytest
 
 from storage import commands, database, servers
 from tests import helpers
-from zlh_actors import metrics
+from zlh_actors import errors, metrics
 from zlh_actors.runtime import actors, ownership, replica
 from zlh_actors.servers import actor, effects
 from zlh_actors.servers import replica as server_replica
@@ -181,3 +182,32 @@ async def test_an_actors_writes_are_counted_and_announced_only_once_their_transa
             await handler._transition(conn, server, "provisioning.cloning", "create")
             assert (transitions(), announced) == (0, [])  # not before the commit
         assert (transitions(), announced) == (1, [1])
+
+
+async def test_a_replica_frozen_past_its_lease_refuses_to_act_the_instant_it_wakes(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    # `Writes.check` guards what the database cannot fence (a request to Proxmox) on the replica's
+    # own clock. A frozen replica's pending retries run as soon as it wakes, possibly before its
+    # lease loop has noticed anything, so the check must already refuse then.
+    handler = actor.ServerHandler(pool, Scripted())
+    async with running(db_url, pool, Scripted()) as built:
+        handler.bind(built)
+        server_id = await new_server(pool, "frozen")
+        lease = built.lease_for(server_id)
+        writes = handler._writes(lease)
+        writes.check()  # held
+
+        # The fault, not a wait: blocking the loop stops the whole replica, as SIGSTOP would.
+        time.sleep(FAST.lease_timeout + 0.2)  # noqa: ASYNC251
+        with pytest.raises(errors.OwnershipLost):
+            writes.check()
+
+        # The lease loop then drops the shards and takes them again, under new leases: the old one
+        # stays void though the heartbeat is fresh again.
+        await helpers.assert_eventually(
+            lambda: _true(built.leases.get(lease.shard) not in (None, lease)), timeout=5
+        )
+        with pytest.raises(errors.OwnershipLost):
+            writes.check()
+        handler._writes(built.lease_for(server_id)).check()
