@@ -22,53 +22,34 @@ Retries, and why they differ by method:
   guest for a while. Any other failure of a write is ambiguous (the response may be what got lost),
   so it goes up to the driver, which re-reads the state before trying again.
 
-Guarded writes. Within `guarded(check)` every write calls `check()` just before each request it
-sends, first try or retry, and an error it raises is the write's. A server actor's step sets it to
-its lease check (`effects.Writes.check`), which asks no database: a replica frozen (SIGSTOP, a
-stalled VM) while a clone waited out the template's lock used to send that clone from its retry
-loop when it woke, after the new owner had deleted the server, and left a container behind
-(`python -m bench.peer`). Its heartbeat is overdue the instant it wakes, so it now sends nothing.
+Guarded writes. Inside a `guard.guarded` block (a server actor's step), every write runs the block's
+lease check on the worker thread, just before it sends each request, first try or retry: a write
+that waited for a free thread is checked when it is sent, not when it was queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import contextvars
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import proxmoxer
 import requests
 import requests.adapters
 
+from zlh_actors import guard
 from zlh_actors.proxmox import errors
 from zlh_actors.proxmox import settings as settings_module
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-Check = Callable[[], None]
-_GUARD: contextvars.ContextVar[Check | None] = contextvars.ContextVar("zlh_proxmox_guard", default=None)
-
-
-@contextlib.contextmanager
-def guarded(check: Check) -> Iterator[None]:
-    """Within the block (and the tasks it starts), every write calls `check()` before each request
-    it sends; an error `check` raises is the write's, and the request is not sent."""
-    token = _GUARD.set(check)
-    try:
-        yield
-    finally:
-        _GUARD.reset(token)
-
 
 Param = str | int | float | bool | None
 Encoded = dict[str, str | int | float]
@@ -186,7 +167,9 @@ class Client:
             self._local.api = api
         return api
 
-    def _call(self, method: str, path: str, params: Encoded) -> Any:
+    def _call(self, method: str, path: str, params: Encoded, check: guard.Check | None = None) -> Any:
+        if check is not None:
+            check()  # here, not on the loop: the request may have waited for this thread
         try:
             resource = self._api()(path)
             if method == "GET":
@@ -213,10 +196,12 @@ class Client:
 
     # --- on the event loop ----------------------------------------------------------------------
 
-    async def _once(self, method: str, path: str, params: Mapping[str, Param]) -> Any:
+    async def _once(
+        self, method: str, path: str, params: Mapping[str, Param], check: guard.Check | None = None
+    ) -> Any:
         if self._closed:
             raise errors.ProxmoxUnavailable("the Proxmox client is closed", cause="closed")
-        call = functools.partial(self._call, method, path.lstrip("/"), encode(params))
+        call = functools.partial(self._call, method, path.lstrip("/"), encode(params), check)
         # The thread cannot be interrupted: if this coroutine is cancelled, the request still
         # finishes in the background and its answer is dropped. Callers re-read state anyway.
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
@@ -235,16 +220,10 @@ class Client:
         self, method: str, path: str, *, lock_deadline: float | None = None, **params: Param
     ) -> Any:
         """POST, PUT or DELETE. Retried only while PVE reports a held lock, until `lock_deadline`
-        (a `time.monotonic()` value; None: not retried)."""
-
-        async def attempt() -> Any:
-            check = _GUARD.get()
-            if check is not None:
-                check()
-            return await self._once(method, path, params)
-
+        (a `time.monotonic()` value; None: not retried). Checked before each try (`guard`)."""
+        check = guard.current()
         return await retry(
-            attempt,
+            lambda: self._once(method, path, params, check),
             retry_on=(errors.Locked, errors.LockTimeout),
             backoff=self.backoff(),
             attempts=1 if lock_deadline is None else None,

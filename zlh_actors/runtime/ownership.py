@@ -248,9 +248,10 @@ class LeaseManager:
     def heartbeat_fresh(self) -> bool:
         """Our last heartbeat is younger than the lease timeout, so peers still count us live.
 
-        Judged on this process's clock with no database call, from when the heartbeat was *sent*
-        (the database dated it no earlier): a process that was frozen past its lease (SIGSTOP, a
-        stalled VM) sees this false the instant it wakes, before its lease loop has run.
+        Judged on this process's monotonic clock with no database call, from when the heartbeat
+        was *sent* (the database dated it no earlier); the peers' rule, judged locally. A process
+        stopped past its lease (SIGSTOP) sees this false the instant it continues, before its lease
+        loop has run. Safe to call from a worker thread.
         """
         return time.monotonic() - self._last_heartbeat <= self.settings.lease_timeout
 

@@ -7,7 +7,8 @@ only while its shard is owned, and its handler gets the shard's `Lease` to fence
 - shards acquired (a takeover takes them in one batch): every server of those shards that is not
   at rest or has unfinished commands gets a wake-up, found by one scan for the whole batch, so work
   interrupted by a crash or a failover resumes on the new owner;
-- shard being released (rebalance, shutdown): routing stops, its actors drain, then the lease goes;
+- shard being released (rebalance, shutdown): routing stops, its actors drain (a step in flight
+  still holds the lease for its requests to Proxmox and agents), then the lease goes;
 - shard lost (lease connection gone): its actors are stopped at once.
 
 A periodic sweep re-sends wake-ups for the owned shards (level-based, like a controller's resync):
@@ -61,6 +62,7 @@ class Replica(Generic[M]):
         self.settings = settings
         self._sweep_interval = sweep_interval
         self.leases: dict[int, fencing.Lease] = {}
+        self._draining: dict[int, fencing.Lease] = {}  # shards being handed off, until their actors drained
         self.fence = fencing.FenceCounter()
         self.leasing = ownership.LeaseManager(
             url,
@@ -91,9 +93,13 @@ class Replica(Generic[M]):
 
     def holds(self, lease: fencing.Lease) -> bool:
         """`lease` is still this replica's as far as it knows without asking the database: it is
-        the shard's current lease here, and the heartbeat that keeps it is fresh. For work the
-        database cannot fence, such as a request to Proxmox."""
-        return self.leases.get(lease.shard) is lease and self.leasing.heartbeat_fresh()
+        the shard's current lease here (or the one its actors are draining under during a graceful
+        hand-off, which the database still holds too), and the heartbeat that keeps it is fresh.
+        For requests the database cannot fence (`guard`); safe to call from a worker thread.
+
+        By identity: a lease lost and taken again is a new object, and its old one stays void."""
+        current = self.leases.get(lease.shard) or self._draining.get(lease.shard)
+        return current is lease and self.leasing.heartbeat_fresh()
 
     def owns(self, server_id: uuid.UUID) -> bool:
         """This replica holds the lease of the server's shard (as of now: leases move)."""
@@ -123,9 +129,14 @@ class Replica(Generic[M]):
         self._spawn(self._rescan(taken), f"rescan-shards-{taken[0]}-{taken[-1]}")
 
     async def releasing(self, shard: int) -> None:
-        self.leases.pop(shard, None)
-        keys = [key for key in self.registry.resident() if self.shard_of(key) == shard]
-        await self.registry.drain(keys, timeout=self.settings.drain_timeout)
+        lease = self.leases.pop(shard, None)  # routes nothing more to the shard
+        if lease is not None:
+            self._draining[shard] = lease
+        try:
+            keys = [key for key in self.registry.resident() if self.shard_of(key) == shard]
+            await self.registry.drain(keys, timeout=self.settings.drain_timeout)
+        finally:
+            self._draining.pop(shard, None)
 
     async def lost(self, lost_shards: list[int]) -> None:
         gone = set(lost_shards)

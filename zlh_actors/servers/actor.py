@@ -182,7 +182,7 @@ class _FencedWrites:
         self._pool, self._lease, self._owner, self._announce = pool, lease, owner, announce
         self._counter = owner.fence
 
-    def check(self) -> None:
+    def ensure_lease_held(self) -> None:
         if not self._owner.holds(self._lease):
             raise errors.OwnershipLost(
                 "shard lease no longer held here (lost, or the heartbeat is overdue); refusing to act",

@@ -2,7 +2,8 @@
 
 The agent is addressed by the IP the database allocated, never by a host name: readiness must not
 depend on DNS. Every call that changes something is signed with the enrollment key (see
-`zlh_actors.agent.signing`); the agent refuses unsigned or stale requests.
+`zlh_actors.agent.signing`); the agent refuses unsigned or stale requests. Inside a `guard.guarded`
+block (a server actor's step) each of those calls runs the lease check before it is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from zlh_actors import errors
+from zlh_actors import errors, guard
 from zlh_actors.agent import signing, wire
 
 
@@ -49,6 +50,7 @@ class AgentClient:
         return data if isinstance(data, dict) else None
 
     async def _signed_post(self, ip: str, path: str, payload: Any) -> dict[str, Any]:
+        guard.check()
         body = orjson.dumps(payload)
         headers = signing.sign(self._key, "POST", path, body, time.time())
         headers["Content-Type"] = "application/json"

@@ -38,10 +38,10 @@ class Writes(Protocol):
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]: ...
 
-    def check(self) -> None:
+    def ensure_lease_held(self) -> None:
         """`OwnershipLost` unless the actor's lease still holds, judged without the database (the
-        lease is still this replica's and its heartbeat is fresh). For effects the database cannot
-        fence: called before each request to Proxmox."""
+        lease is still this replica's and its heartbeat is fresh): the check `guard` runs before
+        each request to Proxmox or an agent. Safe to call from a worker thread."""
 
 
 class Effects(Protocol):

@@ -45,9 +45,8 @@ import asyncpg
 from mcstatus import JavaServer
 
 from storage import agents, allocations, database, journal, launchers, queries, servers
-from zlh_actors import config, errors
+from zlh_actors import config, errors, guard
 from zlh_actors.agent import manifest, wire
-from zlh_actors.proxmox import client as pve_client
 from zlh_actors.proxmox import errors as pve_errors
 from zlh_actors.proxmox import protocol
 from zlh_actors.servers import agent_client, effects
@@ -143,7 +142,7 @@ class Provisioning:
         if step is None:
             return Step()
         try:
-            with pve_client.guarded(writes.check):
+            with guard.guarded(writes.ensure_lease_held):
                 return await step(self, server, writes)
         except errors.Transient as exc:
             log.info("server %s: %s: %s; trying again", server.id, server.state, exc)

@@ -1,17 +1,19 @@
-"""Guarded writes: a replica that lost a server's lease sends nothing more to Proxmox for it."""
+"""Guarded writes: a replica that lost a server's lease sends nothing more to Proxmox for it (`guard`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 
 from storage import database, servers
 from tests.integration.proxmox import fakecluster
-from zlh_actors import config
+from zlh_actors import config, guard
 from zlh_actors import errors as zlh_errors
 from zlh_actors.proxmox import client, driver
 from zlh_actors.servers import provisioning
@@ -37,7 +39,7 @@ async def test_a_guarded_write_checks_before_each_try_and_sends_no_retry_once_th
         if checks > 1:  # the replica froze while the first try waited out the lock
             lost()
 
-    with client.guarded(still_owner), pytest.raises(zlh_errors.OwnershipLost):
+    with guard.guarded(still_owner), pytest.raises(zlh_errors.OwnershipLost):
         await pve.ensure_container(fakecluster.spec(44, cores=8))
     assert checks == 2
     assert len(cluster.requests("PUT", updates)) == before + 1, "the retry was sent"
@@ -52,10 +54,42 @@ async def test_a_write_whose_check_fails_is_never_sent(
     cluster: fakecluster.FakeCluster, pve: driver.ProxmoxerDriver
 ) -> None:
     spec = fakecluster.spec(45)
-    with client.guarded(lost), pytest.raises(zlh_errors.OwnershipLost):
+    with guard.guarded(lost), pytest.raises(zlh_errors.OwnershipLost):
         await pve.ensure_container(spec)
     assert cluster.requests("POST", "/clone") == []
     assert cluster.config(spec.vmid) is None
+
+
+async def test_a_write_that_waited_for_a_worker_thread_is_checked_when_it_is_sent(
+    cluster: fakecluster.FakeCluster,
+) -> None:
+    # The lease check runs on the thread that sends the request: a clone queued behind busy
+    # threads while its replica still held the lease, and sent after it lost it, is refused.
+    pve = client.Client(cluster.settings(pool_size=1))
+    gate = threading.Event()
+    held = True
+
+    def check() -> None:
+        if not held:
+            lost()
+
+    try:
+        busy = pve._executor.submit(gate.wait)  # the only worker thread is taken until the gate opens
+        with guard.guarded(check):
+            clone = asyncio.ensure_future(
+                pve.post(f"nodes/{fakecluster.NODES[0]}/lxc/{fakecluster.TEMPLATE}/clone", newid=47)
+            )
+        await fakecluster.eventually(lambda: pve._executor._work_queue.qsize() == 1)  # queued
+        held = False
+        gate.set()
+        with pytest.raises(zlh_errors.OwnershipLost):
+            await clone
+        assert busy.result(5) is True
+        assert cluster.requests("POST", "/clone") == []
+        assert cluster.config(47) is None
+    finally:
+        gate.set()
+        await pve.close()
 
 
 class LostLease:
@@ -64,7 +98,7 @@ class LostLease:
     def __init__(self) -> None:
         self.checks = 0
 
-    def check(self) -> None:
+    def ensure_lease_held(self) -> None:
         self.checks += 1
         lost()
 

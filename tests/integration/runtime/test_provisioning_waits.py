@@ -41,7 +41,7 @@ class Writes:
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
         return database.transaction(self._pool)
 
-    def check(self) -> None:
+    def ensure_lease_held(self) -> None:
         """The lease always holds here: these tests are about waiting, not ownership."""
 
 

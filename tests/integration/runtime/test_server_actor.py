@@ -7,6 +7,7 @@ exercise.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -187,21 +188,22 @@ async def test_an_actors_writes_are_counted_and_announced_only_once_their_transa
 async def test_a_replica_frozen_past_its_lease_refuses_to_act_the_instant_it_wakes(
     db_url: str, pool: asyncpg.Pool
 ) -> None:
-    # `Writes.check` guards what the database cannot fence (a request to Proxmox) on the replica's
-    # own clock. A frozen replica's pending retries run as soon as it wakes, possibly before its
-    # lease loop has noticed anything, so the check must already refuse then.
+    # `Writes.ensure_lease_held` guards what the database cannot fence (requests to Proxmox and
+    # agents) on the replica's own clock. A frozen replica's pending retries run as soon as it
+    # wakes, possibly before its lease loop has noticed anything, so the check must refuse then.
     handler = actor.ServerHandler(pool, Scripted())
     async with running(db_url, pool, Scripted()) as built:
         handler.bind(built)
         server_id = await new_server(pool, "frozen")
         lease = built.lease_for(server_id)
         writes = handler._writes(lease)
-        writes.check()  # held
+        writes.ensure_lease_held()  # held
 
-        # The fault, not a wait: blocking the loop stops the whole replica, as SIGSTOP would.
+        # The fault, not a wait: blocking the loop stops the replica's event loop, its leasing
+        # included, as SIGSTOP would (its worker threads go on; here they have nothing to do).
         time.sleep(FAST.lease_timeout + 0.2)  # noqa: ASYNC251
         with pytest.raises(errors.OwnershipLost):
-            writes.check()
+            writes.ensure_lease_held()
 
         # The lease loop then drops the shards and takes them again, under new leases: the old one
         # stays void though the heartbeat is fresh again.
@@ -209,5 +211,44 @@ async def test_a_replica_frozen_past_its_lease_refuses_to_act_the_instant_it_wak
             lambda: _true(built.leases.get(lease.shard) not in (None, lease)), timeout=5
         )
         with pytest.raises(errors.OwnershipLost):
-            writes.check()
-        handler._writes(built.lease_for(server_id)).check()
+            writes.ensure_lease_held()
+        handler._writes(built.lease_for(server_id)).ensure_lease_held()
+
+
+class HeldInCloning(Scripted):
+    """Stays in a clone until `go` is set, then records whether its lease still held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cloning = asyncio.Event()
+        self.go = asyncio.Event()
+        self.outcome: str | None = None
+
+    async def perform(self, server: servers.Server, writes: effects.Writes) -> effects.Step:
+        if server.state == "provisioning.cloning" and self.outcome is None:
+            self.cloning.set()
+            await self.go.wait()
+            try:
+                writes.ensure_lease_held()
+                self.outcome = "held"
+            except errors.OwnershipLost:
+                self.outcome = "lost"
+        return await super().perform(server, writes)
+
+
+async def test_a_step_in_flight_keeps_its_lease_while_its_shard_is_handed_off(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    # A graceful hand-off (rebalance, shutdown) stops routing to the shard and lets its actors
+    # finish what they are doing: the database still holds the lease until the drain is over, so a
+    # step in flight may still send its requests to Proxmox and agents.
+    work = HeldInCloning()
+    async with running(db_url, pool, work) as built:
+        server_id = await new_server(pool, "handed-off")
+        await submit(built, server_id, "create")
+        await asyncio.wait_for(work.cloning.wait(), timeout=5)
+        handing_off = asyncio.ensure_future(built.releasing(built.shard_of(server_id)))
+        await helpers.assert_eventually(lambda: _true(not built.owns(server_id)), timeout=5)
+        work.go.set()
+        await asyncio.wait_for(handing_off, timeout=5)
+        assert work.outcome == "held"
