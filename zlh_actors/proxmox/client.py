@@ -50,7 +50,6 @@ from zlh_actors.proxmox import settings as settings_module
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
 Param = str | int | float | bool | None
 Encoded = dict[str, str | int | float]
 
