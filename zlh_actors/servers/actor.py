@@ -180,7 +180,6 @@ class _FencedWrites:
         announce: Announce | None = None,
     ) -> None:
         self._pool, self._lease, self._owner, self._announce = pool, lease, owner, announce
-        self._counter = owner.fence
 
     def ensure_lease_held(self) -> None:
         if not self._owner.holds(self._lease):
@@ -192,7 +191,7 @@ class _FencedWrites:
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[database.Conn]:
         return self._committing(
-            fencing.transaction(self._pool, self._lease, self._counter, quiet=self._announce is not None)
+            fencing.transaction(self._pool, self._lease, self._owner.fence, quiet=self._announce is not None)
         )
 
     def server(
@@ -201,7 +200,7 @@ class _FencedWrites:
         """A fenced transaction and the server as read in it."""
         return self._committing(
             fencing.server_transaction(
-                self._pool, self._lease, server_id, self._counter, quiet=self._announce is not None
+                self._pool, self._lease, server_id, self._owner.fence, quiet=self._announce is not None
             )
         )
 
